@@ -1,0 +1,137 @@
+"""Settings with Linux's sysctl names, per stack (like a network namespace's).
+
+``stack.sysctl["net.ipv4.tcp_fin_timeout"] = 30`` works as ``sysctl -w`` does; names may also be
+written with slashes (``net/ipv4/tcp_fin_timeout``) or as a /proc/sys path.  Settings Linux lacks
+live under ``ustack.`` (for instance ``ustack.tcp_timewait_len``, the TIME-WAIT length in
+seconds).  An unknown name or a value of the wrong kind raises with a message that says what
+was wrong: a silently ignored setting is the worst kind of test failure.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+# name -> (default, kind, minimum, maximum).  kind is int or "range" (two ints).
+_INT_MIN = -(2**31)
+_INT_MAX = 2**31 - 1
+
+DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
+    # Linux net.ipv4 settings (defaults as in Linux 6.18, Documentation/networking/ip-sysctl.rst)
+    "net.ipv4.tcp_timestamps": (1, int, 0, 2),
+    "net.ipv4.tcp_window_scaling": (1, int, 0, 1),
+    "net.ipv4.tcp_sack": (1, int, 0, 1),
+    "net.ipv4.tcp_ecn": (2, int, 0, 2),
+    "net.ipv4.tcp_syn_retries": (6, int, 1, 127),
+    "net.ipv4.tcp_synack_retries": (5, int, 0, 255),
+    "net.ipv4.tcp_retries1": (3, int, 0, 255),
+    "net.ipv4.tcp_retries2": (15, int, 0, 255),
+    "net.ipv4.tcp_orphan_retries": (0, int, 0, 255),
+    "net.ipv4.tcp_fin_timeout": (60, int, 0, _INT_MAX),
+    "net.ipv4.tcp_max_orphans": (65536, int, 0, _INT_MAX),
+    "net.ipv4.tcp_max_tw_buckets": (262144, int, 0, _INT_MAX),
+    "net.ipv4.tcp_tw_reuse": (2, int, 0, 2),
+    "net.ipv4.tcp_tw_reuse_delay": (1000, int, 1, _INT_MAX),
+    "net.ipv4.tcp_rfc1337": (0, int, 0, 1),
+    "net.ipv4.tcp_keepalive_time": (7200, int, 1, _INT_MAX),
+    "net.ipv4.tcp_keepalive_intvl": (75, int, 1, _INT_MAX),
+    "net.ipv4.tcp_keepalive_probes": (9, int, 1, 127),
+    "net.ipv4.tcp_max_syn_backlog": (4096, int, 0, _INT_MAX),
+    "net.ipv4.tcp_syncookies": (1, int, 0, 2),
+    "net.ipv4.tcp_abort_on_overflow": (0, int, 0, 1),
+    "net.ipv4.tcp_invalid_ratelimit": (500, int, 0, _INT_MAX),
+    "net.ipv4.tcp_challenge_ack_limit": (2147483647, int, 0, _INT_MAX),
+    "net.ipv4.tcp_min_rtt_wlen": (300, int, 0, 86400),
+    "net.ipv4.tcp_base_mss": (1024, int, 1, 65535),
+    "net.ipv4.tcp_mtu_probing": (0, int, 0, 2),
+    "net.ipv4.tcp_no_metrics_save": (0, int, 0, 1),
+    "net.ipv4.tcp_slow_start_after_idle": (1, int, 0, 1),
+    "net.ipv4.tcp_early_retrans": (3, int, 0, 4),
+    "net.ipv4.tcp_recovery": (1, int, 0, 7),
+    "net.ipv4.tcp_dsack": (1, int, 0, 1),
+    "net.ipv4.tcp_fack": (0, int, 0, 1),
+    "net.ipv4.tcp_frto": (2, int, 0, 2),
+    "net.ipv4.tcp_moderate_rcvbuf": (1, int, 0, 1),
+    "net.ipv4.tcp_autocorking": (1, int, 0, 1),
+    "net.ipv4.tcp_tso_win_divisor": (3, int, 1, 255),
+    "net.ipv4.tcp_fastopen": (1, int, 0, 0x7FF),
+    "net.ipv4.tcp_rmem": ((4096, 131072, 6291456), "triple", 1, _INT_MAX),
+    "net.ipv4.tcp_wmem": ((4096, 16384, 4194304), "triple", 1, _INT_MAX),
+    "net.ipv4.ip_local_port_range": ((32768, 60999), "range", 1, 65535),
+    "net.ipv4.ip_default_ttl": (64, int, 1, 255),
+    "net.ipv4.icmp_echo_ignore_all": (0, int, 0, 1),
+    "net.core.somaxconn": (4096, int, 0, _INT_MAX),
+    # ustack's own settings: the knobs Linux does not have.
+    "ustack.tcp_timewait_len": (60, int, 0, _INT_MAX),  # seconds; Linux: TCP_TIMEWAIT_LEN, fixed
+    "ustack.tcp_tw_recycle": (0, int, 0, 1),
+    "ustack.tcp_tw_silent_syn": (0, int, 0, 1),
+    "ustack.mtu": (1500, int, 68, 65535),
+}
+
+
+def normalize(name: str) -> str:
+    """Turn ``/proc/sys/net/ipv4/x``, ``net/ipv4/x`` or ``net.ipv4.x`` into ``net.ipv4.x``."""
+    name = name.strip()
+    if name.startswith("/proc/sys/"):
+        name = name[len("/proc/sys/"):]
+    return name.replace("/", ".")
+
+
+class Sysctl(MutableMapping[str, Any]):
+    """A stack's settings.  Values are validated on write."""
+
+    def __init__(self, initial: dict[str, Any] | None = None) -> None:
+        self._values: dict[str, Any] = {k: v[0] for k, v in DEFAULTS.items()}
+        if initial:
+            for k, v in initial.items():
+                self[k] = v
+
+    def __getitem__(self, name: str) -> Any:
+        key = normalize(name)
+        try:
+            return self._values[key]
+        except KeyError:
+            raise KeyError(f"unknown setting {name!r}: ustack has no such sysctl") from None
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        key = normalize(name)
+        if key not in DEFAULTS:
+            raise KeyError(f"unknown setting {name!r}: ustack has no such sysctl")
+        _default, kind, lo, hi = DEFAULTS[key]
+        self._values[key] = self._check(key, value, kind, lo, hi)
+
+    @staticmethod
+    def _check(key: str, value: Any, kind: Any, lo: int, hi: int) -> Any:
+        if kind is int:
+            if isinstance(value, str):
+                value = value.strip()
+            try:
+                v = int(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{key} takes an integer, not {value!r}") from None
+            if not lo <= v <= hi:
+                raise ValueError(f"{key} must be between {lo} and {hi}, not {v}")
+            return v
+        width = 2 if kind == "range" else 3
+        parts = value.split() if isinstance(value, str) else list(value)
+        try:
+            nums = tuple(int(p) for p in parts)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} takes {width} integers, not {value!r}") from None
+        if len(nums) != width or any(not lo <= n <= hi for n in nums):
+            raise ValueError(f"{key} takes {width} integers between {lo} and {hi}, not {value!r}")
+        if kind == "range" and nums[0] > nums[1]:
+            raise ValueError(f"{key}: the low end {nums[0]} is above the high end {nums[1]}")
+        return nums
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("settings cannot be deleted; assign the default instead")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self._values.items() if v != DEFAULTS[k][0]}
+        return f"Sysctl(changed={changed!r})"
