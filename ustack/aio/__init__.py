@@ -1,0 +1,5 @@
+"""asyncio adapters: the Stack, its transports and servers."""
+from ustack.aio.stack import Server, Stack, run_until
+from ustack.aio.transport import SocketOptions, TcpTransport
+
+__all__ = ["Stack", "Server", "TcpTransport", "SocketOptions", "run_until"]

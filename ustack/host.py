@@ -1,0 +1,503 @@
+"""The I/O-free core of one stack: IPv4 in and out, ICMP echo, and TCP demultiplexing.
+
+`Host` never reads a clock, a socket or a device.  Whoever owns it (the asyncio adapter over a
+TUN device, an in-memory wire, the drill runner under virtual time) does four things:
+
+    host.now = now_ms                 # or host.advance(now_ms), which also fires timers
+    host.receive(packet_bytes)        # one IPv4 datagram in
+    packets = host.take_output()      # datagrams to put on the link
+    host.next_deadline()              # when to call advance() again
+
+Connections live in `conns` by 4-tuple key (raddr << 32 | rport << 16 | lport; the local address
+is the host's one address), TIME-WAIT records in `tw` (tcp/timewait.py), listeners by port.
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from ustack._segment import ACK, FIN, RST, SYN, build_ipv4, build_tcp, internet_checksum, \
+    parse_ipv4, parse_tcp
+from ustack._timerwheel import TimerWheel
+from ustack.counters import Counters
+from ustack.sysctl import Sysctl
+from ustack.tcp import states as S
+from ustack.tcp.connection import NEVER, NULL_USER, Connection, ConnectionUser
+from ustack.tcp.isn import SecretHash
+from ustack.tcp.timewait import TW_ACK, TW_RST, TW_SYN, TimeWait, TimeWaitTable
+from ustack.wire import int_to_ip, ip_to_int
+
+M32 = 0xFFFFFFFF
+IPPROTO_ICMP = 1
+IPPROTO_TCP = 6
+
+
+class ListenerUser:
+    """What the core tells a listening socket's owner."""
+
+    def tcp_accept(self, listener: "Listener") -> None: ...
+
+
+class Listener:
+    """A LISTEN socket: a port, a backlog and the queue of established children."""
+
+    __slots__ = ("host", "port", "backlog", "user", "accept_queue", "syn_recv", "closed",
+                 "reuseaddr")
+
+    def __init__(self, host: "Host", port: int, backlog: int, user: ListenerUser) -> None:
+        self.host = host
+        self.port = port
+        self.backlog = backlog
+        self.user = user
+        self.accept_queue: deque[Connection] = deque()
+        self.syn_recv = 0
+        self.closed = False
+        self.reuseaddr = False
+
+    def accept(self) -> Connection | None:
+        """Pop one established connection (accept()), or None when the queue is empty."""
+        return self.accept_queue.popleft() if self.accept_queue else None
+
+    def close(self) -> None:
+        """Stop listening (Linux inet_csk_listen_stop): children nobody accepted are reset."""
+        if self.closed:
+            return
+        self.closed = True
+        host = self.host
+        if host.listeners.get(self.port) is self:
+            del host.listeners[self.port]
+        while self.accept_queue:
+            child = self.accept_queue.popleft()
+            child.listener = None
+            child.abort()
+        for conn in list(host.conns.values()):
+            if conn.listener is self and conn.state == S.SYN_RECV:
+                conn.listener = None
+                conn._destroy(None, notify=False)
+        host.release_port(self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnInfo:
+    """One line of `ss -tanoe`: what `Stack.connections()` returns."""
+
+    state: str                 # Linux ss name: "ESTAB", "TIME-WAIT", ...
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    recv_q: int
+    send_q: int
+    timer: tuple[str, int, int] | None   # (kind, ms left, retransmissions/probes)
+    orphan: bool = False
+    substate: str | None = None          # for TIME-WAIT records: "TIME-WAIT" or "FIN-WAIT-2"
+    rto: int = 0
+    rtt: float = 0.0
+    cwnd: int = 0
+    retrans: int = 0
+
+    def __str__(self) -> str:
+        local = f"{self.local[0]}:{self.local[1]}"
+        remote = f"{self.remote[0]}:{self.remote[1]}" if self.remote[1] else "*:*"
+        line = f"{self.state:<11} {self.recv_q:<6} {self.send_q:<6} {local:<21} {remote:<21}"
+        if self.timer:
+            kind, left, n = self.timer
+            line += f" timer:({kind},{_fmt_ms(left)},{n})"
+        if self.orphan:
+            line += " orphan"
+        if self.substate and self.substate != self.state:
+            line += f" substate:{self.substate}"
+        if self.cwnd:
+            line += f" rto:{self.rto} rtt:{self.rtt:.3f} cwnd:{self.cwnd}"
+        return line
+
+
+def _fmt_ms(ms: int) -> str:
+    if ms >= 1000:
+        return f"{ms / 1000:.3f}sec" if ms < 60_000 else f"{ms // 60_000}min{(ms % 60_000) // 1000}sec"
+    return f"{ms}ms"
+
+
+class Host:
+    """One IPv4 address's TCP/IP stack, without I/O."""
+
+    def __init__(self, address: int | str, *, sysctl: dict[str, Any] | Sysctl | None = None,
+                 mtu: int = 1500, secret: bytes | None = None, now: int = 0,
+                 seed: int | None = None) -> None:
+        self.address = ip_to_int(address) if isinstance(address, str) else address
+        self.sysctl = sysctl if isinstance(sysctl, Sysctl) else Sysctl(sysctl)
+        self.counters = Counters()
+        self.mib = self.counters.values
+        self.mtu = mtu
+        self.now = now
+        self.wheel = TimerWheel(now)
+        self.secret = SecretHash(secret)
+        self.rng = random.Random(seed)
+        self.conns: dict[int, Connection] = {}
+        self.tw = TimeWaitTable(self)
+        self.listeners: dict[int, Listener] = {}
+        self.bound: dict[int, int] = {}     # local port -> sockets holding it explicitly
+        self.outbox: list[bytes] = []
+        self.orphan_count = 0
+        self.ttl = self.sysctl["net.ipv4.ip_default_ttl"]
+        self.ip_ident = self.rng.randrange(65536)
+        self.on_output = None  # optional callable: the adapter's "something to send" hook
+
+    # ------------------------------------------------------------------ clock
+    def advance(self, now: int) -> None:
+        """Move time to `now` (ms) and run every timer that is due."""
+        if now < self.now:
+            now = self.now
+        self.now = now
+        for obj in self.wheel.advance(now):
+            if isinstance(obj, Connection):
+                if obj.state != S.CLOSED:
+                    obj.on_timer()
+            elif isinstance(obj, TimeWait):
+                self.tw.expire(obj)
+
+    def next_deadline(self) -> int | None:
+        return self.wheel.next_deadline()
+
+    # ------------------------------------------------------------------ output
+    def output(self, packet: bytes) -> None:
+        self.outbox.append(packet)
+        self.mib["TcpOutSegs"] += 1
+        self.mib["IpOutRequests"] += 1
+        if self.on_output is not None and len(self.outbox) == 1:
+            self.on_output()
+
+    def take_output(self) -> list[bytes]:
+        out = self.outbox
+        self.outbox = []
+        return out
+
+    # ------------------------------------------------------------------ input
+    def receive(self, data: bytes) -> None:
+        """One IPv4 datagram from the link.  Malformed input is counted and dropped."""
+        mib = self.mib
+        ip = parse_ipv4(data, mib)
+        if ip is None:
+            return
+        if ip.dst != self.address:
+            mib["IpInAddrErrors"] += 1
+            return
+        if ip.mf or ip.frag_offset:
+            mib["IpReasmFails"] += 1  # ustack does not reassemble fragments
+            return
+        proto = ip.proto
+        if proto == IPPROTO_TCP:
+            mib["IpInDelivers"] += 1
+            seg = parse_tcp(ip, mib)
+            if seg is None:
+                return
+            self._tcp_input(seg)
+        elif proto == IPPROTO_ICMP:
+            mib["IpInDelivers"] += 1
+            self._icmp_input(ip)
+        else:
+            mib["IpInUnknownProtos"] += 1
+
+    def _icmp_input(self, ip: Any) -> None:
+        """ICMP echo request -> echo reply (RFC 792); other messages are counted only."""
+        mib = self.mib
+        msg = ip.payload
+        mib["IcmpInMsgs"] += 1
+        if len(msg) < 8:
+            mib["IcmpInErrors"] += 1
+            return
+        if internet_checksum(msg) != 0:
+            mib["IcmpInCsumErrors"] += 1
+            mib["IcmpInErrors"] += 1
+            return
+        if msg[0] != 8 or msg[1] != 0:
+            return
+        mib["IcmpInEchos"] += 1
+        if self.sysctl["net.ipv4.icmp_echo_ignore_all"]:
+            return
+        reply = bytearray(msg)
+        reply[0] = 0
+        reply[2] = reply[3] = 0
+        csum = internet_checksum(bytes(reply))
+        reply[2] = csum >> 8
+        reply[3] = csum & 0xFF
+        self.ip_ident = (self.ip_ident + 1) & 0xFFFF
+        self.outbox.append(build_ipv4(self.address, ip.src, IPPROTO_ICMP, bytes(reply),
+                                      ttl=self.ttl, ident=self.ip_ident, df=False))
+        mib["IcmpOutMsgs"] += 1
+        mib["IcmpOutEchoReps"] += 1
+        mib["IpOutRequests"] += 1
+        if self.on_output is not None and len(self.outbox) == 1:
+            self.on_output()
+
+    def _tcp_input(self, seg: Any) -> None:
+        """Linux tcp_v4_rcv: find the socket a segment belongs to."""
+        key = (seg.src << 32) | (seg.sport << 16) | seg.dport
+        conn = self.conns.get(key)
+        if conn is not None:
+            conn.on_segment(seg)
+            return
+        tw = self.tw.records.get(key)
+        if tw is not None:
+            verdict = self.tw.process(tw, seg)
+            if verdict == TW_SYN:
+                listener = self.listeners.get(seg.dport)
+                if listener is not None and not listener.closed:
+                    self.tw.kill(tw)
+                    self._listen_input(listener, seg, isn=tw.syn_isn)
+                    return
+                verdict = TW_ACK  # no listener: answered like any out-of-window segment
+            if verdict == TW_ACK:
+                self._timewait_ack(tw)
+            elif verdict == TW_RST:
+                self.send_reset_for(seg)
+            return
+        listener = self.listeners.get(seg.dport)
+        if listener is not None and not listener.closed:
+            self._listen_input(listener, seg)
+            return
+        self.send_reset_for(seg)
+
+    def _listen_input(self, listener: Listener, seg: Any, isn: int | None = None) -> None:
+        """Linux tcp_v4_conn_request via tcp_rcv_state_process(LISTEN)."""
+        flags = seg.flags
+        mib = self.mib
+        if flags & RST:
+            return
+        if flags & ACK:
+            # an ACK for a connection we do not know (e.g. after a SYN cookie we never sent)
+            self.send_reset_for(seg)
+            return
+        if not flags & SYN:
+            return
+        if len(listener.accept_queue) >= listener.backlog:
+            mib["TcpExtListenOverflows"] += 1
+            mib["TcpExtListenDrops"] += 1
+            return
+        conn = Connection(self, seg.src, seg.sport, seg.dport, NULL_USER)
+        conn.listener = listener
+        conn.reuseaddr = listener.reuseaddr
+        self.conns[conn.key] = conn
+        listener.syn_recv += 1
+        if isn is None:
+            isn = self.secret.isn(self.address, seg.src, seg.dport, seg.sport, self.now)
+        conn.accept_syn(seg, isn)
+        if seg.payload and conn.state != S.CLOSED:
+            pass  # data on a SYN (no TFO): ignored, the peer retransmits it
+
+    def _timewait_ack(self, tw: TimeWait) -> None:
+        """Linux tcp_v4_timewait_ack: ACK from the record's numbers."""
+        ts_val = None
+        if tw.ts_ok:
+            ts_val = (self.now + tw.ts_off) & M32
+        self.output(build_tcp(tw.laddr, tw.raddr, tw.lport, tw.rport, tw.snd_nxt, tw.rcv_nxt,
+                              ACK, tw.rcv_wnd >> tw.rcv_wscale, ts_val=ts_val,
+                              ts_ecr=tw.ts_recent, ttl=self.ttl))
+
+    def send_reset_for(self, seg: Any) -> None:
+        """RST for a segment that has no connection (RFC 9293 §3.10.7.1; tcp_v4_send_reset)."""
+        flags = seg.flags
+        if flags & RST:
+            return
+        if flags & ACK:
+            pkt = build_tcp(self.address, seg.src, seg.dport, seg.sport, seg.ack, 0, RST, 0,
+                            ttl=self.ttl)
+        else:
+            seg_len = len(seg.payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+            pkt = build_tcp(self.address, seg.src, seg.dport, seg.sport, 0,
+                            (seg.seq + seg_len) & M32, RST | ACK, 0, ttl=self.ttl)
+        self.output(pkt)
+        self.mib["TcpOutRsts"] += 1
+
+    # ------------------------------------------------------------------ sockets
+    def listen(self, port: int, backlog: int = 128, user: ListenerUser | None = None, *,
+               reuseaddr: bool = False) -> Listener:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be 0-65535, not {port}")
+        if port == 0:
+            port = self.ephemeral_port(None, None)
+        if port in self.listeners:
+            raise OSError(98, f"Address already in use: a socket already listens on port {port}")
+        backlog = max(0, min(backlog, self.sysctl["net.core.somaxconn"]))
+        listener = Listener(self, port, backlog + 1 if backlog else 1, user or ListenerUser())
+        listener.reuseaddr = reuseaddr
+        self.listeners[port] = listener
+        self.bound[port] = self.bound.get(port, 0) + 1
+        return listener
+
+    def release_port(self, port: int) -> None:
+        n = self.bound.get(port, 0) - 1
+        if n > 0:
+            self.bound[port] = n
+        else:
+            self.bound.pop(port, None)
+
+    def ephemeral_port(self, raddr: int | None, rport: int | None) -> int:
+        """Pick a local port from ip_local_port_range (Linux __inet_hash_connect: a random
+        start, one parity first, then the other).  A port is usable for connect() when its
+        4-tuple is free; bind(0)/listen(0) needs a port nobody holds."""
+        low, high = self.sysctl["net.ipv4.ip_local_port_range"]
+        count = high - low + 1
+        offset = self.rng.randrange(count) & ~1
+        in_tw = 0
+        for parity in (0, 1):
+            for i in range(parity, count, 2):
+                port = low + (offset + i) % count
+                if port in self.bound:
+                    continue
+                if raddr is None:
+                    if any((k & 0xFFFF) == port for k in self.conns):
+                        continue
+                    return port
+                key = (raddr << 32) | (rport << 16) | port
+                if key in self.conns:
+                    continue
+                if key in self.tw.records:
+                    in_tw += 1
+                    continue
+                return port
+        raise OSError(99, f"Cannot assign requested address: all {count} local ports in "
+                          f"ip_local_port_range {low}-{high} are in use for this destination "
+                          f"({in_tw} of them in TIME-WAIT)")
+
+    def connect(self, raddr: int | str, rport: int, lport: int | None = None,
+                user: ConnectionUser = NULL_USER, *, options: dict[str, Any] | None = None
+                ) -> Connection:
+        """Active open.  Returns the SYN-SENT connection; `user.tcp_established` follows."""
+        if isinstance(raddr, str):
+            raddr = ip_to_int(raddr)
+        if not 0 < rport <= 65535:
+            raise ValueError(f"remote port must be 1-65535, not {rport}")
+        if lport is None or lport == 0:
+            lport = self.ephemeral_port(raddr, rport)
+        key = (raddr << 32) | (rport << 16) | lport
+        if key in self.conns:
+            raise OSError(99, f"Cannot assign requested address: {int_to_ip(raddr)}:{rport} "
+                              f"from port {lport} is already connected")
+        tw = self.tw.records.get(key)
+        if tw is not None:
+            # TIME-WAIT reuse by tcp_twsk_unique's rules comes with issue 5; until then the
+            # 4-tuple is busy, as Linux says when reuse is not allowed.
+            raise OSError(99, f"Cannot assign requested address: {int_to_ip(raddr)}:{rport} "
+                              f"from port {lport} is in TIME-WAIT")
+        conn = Connection(self, raddr, rport, lport, user)
+        if options:
+            for k, v in options.items():
+                setattr(conn, k, v)
+        self.conns[key] = conn
+        iss = self.secret.isn(self.address, raddr, lport, rport, self.now)
+        conn.connect(iss)
+        return conn
+
+    # ------------------------------------------------------------------ callbacks from connections
+    def state_changed(self, conn: Connection, old: int, new: int) -> None:
+        """Every state change passes here (a place for tracing)."""
+
+    def child_established(self, conn: Connection) -> None:
+        listener = conn.listener
+        if listener is None or listener.closed:
+            return
+        listener.syn_recv -= 1
+        listener.accept_queue.append(conn)
+        listener.user.tcp_accept(listener)
+
+    def unlink(self, conn: Connection) -> None:
+        if self.conns.get(conn.key) is conn:
+            del self.conns[conn.key]
+        if conn.orphan:
+            conn.orphan = False
+            self.orphan_count -= 1
+        listener = conn.listener
+        if listener is not None:
+            if conn in listener.accept_queue:
+                listener.accept_queue.remove(conn)
+            elif conn.state == S.CLOSED and listener.syn_recv > 0 and conn.closed_notified is False:
+                pass
+            conn.listener = None
+
+    def orphaned(self, conn: Connection) -> None:
+        """close() left a connection behind (Linux: SOCK_DEAD, orphan_count)."""
+        if conn.listener is not None:
+            # closing a connection accept() has not returned yet is not possible; be safe
+            conn.listener = None
+        self.orphan_count += 1
+        if self.orphan_count > self.sysctl["net.ipv4.tcp_max_orphans"]:
+            # tcp_check_oom in tcp_close: too many orphans, reset this one
+            self.mib["TcpExtTCPAbortOnMemory"] += 1
+            conn._send_rst()
+            conn._destroy(None, notify=False)
+
+    def orphan_retries(self) -> int:
+        """Linux tcp_orphan_retries(): 0 means 8 while the connection is alive."""
+        retries = self.sysctl["net.ipv4.tcp_orphan_retries"]
+        return retries if retries else 8
+
+    def fin_time(self, conn: Connection) -> int:
+        """Linux tcp_fin_time(): the FIN-WAIT-2 lifetime in ms, at least 3.5 RTO."""
+        fin_timeout = conn.linger2 if conn.linger2 is not None and conn.linger2 > 0 else \
+            self.sysctl["net.ipv4.tcp_fin_timeout"]
+        tmo = fin_timeout * 1000
+        rto = conn.rto
+        return max(tmo, (rto << 2) - (rto >> 1))
+
+    def fin_wait2_entered(self, conn: Connection) -> None:
+        """An orphan reached FIN-WAIT-2 (tcp_close / tcp_rcv_state_process FIN_WAIT1 case)."""
+        if not conn.orphan or conn.state != S.FIN_WAIT_2:
+            return  # after shutdown() FIN-WAIT-2 lasts for ever, as in Linux
+        if conn.linger2 is not None and conn.linger2 < 0:
+            self.mib["TcpExtTCPAbortOnLinger"] += 1
+            conn._send_rst()
+            conn._destroy(None, notify=False)
+            return
+        tmo = self.fin_time(conn)
+        twlen = self.tw.timewait_len()
+        if tmo > twlen:
+            conn.t_misc = self.now + tmo - twlen
+            conn.misc_kind = "fin_wait2"
+            conn._arm()
+        else:
+            self.enter_timewait(conn, S.FIN_WAIT_2, tmo)
+
+    def fin_wait2_timer(self, conn: Connection) -> None:
+        """tcp_keepalive_timer for an orphan in FIN-WAIT-2."""
+        tmo = self.fin_time(conn) - self.tw.timewait_len()
+        if tmo > 0:
+            self.enter_timewait(conn, S.FIN_WAIT_2, tmo)
+        else:
+            self.mib["TcpExtTCPAbortOnTimeout"] += 1
+            conn._send_rst()
+            conn._destroy(None, notify=False)
+
+    def enter_timewait(self, conn: Connection, substate: int, lifetime: int | None = None) -> None:
+        """Linux tcp_time_wait(): the connection becomes a small record (or just closes)."""
+        rto = conn.rto
+        if substate == S.TIME_WAIT:
+            lifetime = self.tw.timewait_len()
+        else:
+            lifetime = max(lifetime or 0, (rto << 2) - (rto >> 1))
+        self.tw.enter(conn, substate, lifetime)
+        conn._destroy(None)
+
+    # ------------------------------------------------------------------ visibility
+    def connections(self) -> list[ConnInfo]:
+        out: list[ConnInfo] = []
+        me = int_to_ip(self.address)
+        for port, listener in self.listeners.items():
+            out.append(ConnInfo("LISTEN", (me, port), ("0.0.0.0", 0),
+                                len(listener.accept_queue), listener.backlog - 1, None))
+        for conn in self.conns.values():
+            out.append(ConnInfo(
+                conn.state_name, (me, conn.lport), (int_to_ip(conn.raddr), conn.rport),
+                conn.rcv_queued, conn.snd_queued, conn.timer_info(), conn.orphan, None,
+                conn.rto, conn.srtt / 1.0, conn.cwnd, conn.total_retrans))
+        now = self.now
+        for tw in self.tw.records.values():
+            left = tw.timer.deadline - now if tw.timer is not None else 0
+            out.append(ConnInfo(S.NAMES[S.TIME_WAIT] if tw.substate == S.TIME_WAIT else
+                                S.NAMES[S.FIN_WAIT_2],
+                                (me, tw.lport), (int_to_ip(tw.raddr), tw.rport), 0, 0,
+                                ("timewait", max(0, left), 0), False, S.NAMES[tw.substate]))
+        return out
+
+
+__all__ = ["Host", "Listener", "ListenerUser", "ConnInfo", "NEVER"]

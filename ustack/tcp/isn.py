@@ -1,0 +1,36 @@
+"""Initial sequence numbers and timestamp offsets (RFC 6528; Linux secure_tcp_seq/secure_tcp_ts_off).
+
+ISN = keyed hash of the 4-tuple + a clock that ticks every 64 ns, so a new incarnation of the
+same 4-tuple normally starts above the old one.  The TSval offset is a keyed hash of the address
+pair, so a peer cannot read our uptime from TSval and all connections to one peer share a clock.
+The core has no wall clock: the caller's `now` (milliseconds) drives both.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+
+class SecretHash:
+    """Keyed hashes for ISNs and TS offsets.  `secret` fixes them (tests); default is random."""
+
+    __slots__ = ("_seq_key", "_ts_key")
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        if secret is None:
+            secret = os.urandom(32)
+        self._seq_key = hashlib.blake2s(b"ustack-isn" + secret).digest()
+        self._ts_key = hashlib.blake2s(b"ustack-tsoff" + secret).digest()
+
+    def isn(self, saddr: int, daddr: int, sport: int, dport: int, now_ms: int) -> int:
+        h = hashlib.blake2s(
+            saddr.to_bytes(4, "big") + daddr.to_bytes(4, "big")
+            + sport.to_bytes(2, "big") + dport.to_bytes(2, "big"),
+            key=self._seq_key, digest_size=4).digest()
+        # Linux adds ktime_get_real_ns() >> 6: 15625 ticks per millisecond.
+        return (int.from_bytes(h, "big") + now_ms * 15625) & 0xFFFFFFFF
+
+    def ts_offset(self, saddr: int, daddr: int) -> int:
+        h = hashlib.blake2s(saddr.to_bytes(4, "big") + daddr.to_bytes(4, "big"),
+                            key=self._ts_key, digest_size=4).digest()
+        return int.from_bytes(h, "big")

@@ -1,0 +1,217 @@
+"""TIME-WAIT: the small record that outlives a connection (Linux net/ipv4/tcp_minisocks.c).
+
+Everything about a connection after it reaches TIME-WAIT — or, as an orphan, FIN-WAIT-2 — is in
+this file: the record, its table, and `process()`, which is Linux's tcp_timewait_state_process()
+rule by rule.  A record is not a connection: it holds only what those rules read (RFC 9293
+§3.6.1 and Linux's struct tcp_timewait_sock).
+
+The lengths: TIME-WAIT lasts `ustack.tcp_timewait_len` seconds (Linux's fixed TCP_TIMEWAIT_LEN,
+60 s); the FIN-WAIT-2 substate lasts tcp_fin_timeout (or the socket's TCP_LINGER2).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ustack._segment import ACK, FIN, RST, SYN
+from ustack.tcp import states as S
+from ustack.tcp.paws import paws_reject
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ustack.host import Host
+
+M32 = 0xFFFFFFFF
+
+# Verdicts of process(), as Linux's enum tcp_tw_status.
+TW_SUCCESS = 0   # segment consumed (dropped or silently absorbed)
+TW_ACK = 1       # answer with an ACK from the record
+TW_RST = 2       # answer with a RST for the segment
+TW_SYN = 3       # a new connection may take over the 4-tuple; isn is set on the record
+
+
+def _after(a: int, b: int) -> bool:
+    return ((b - a) & M32) > 0x7FFFFFFF
+
+
+def _before(a: int, b: int) -> bool:
+    return ((a - b) & M32) > 0x7FFFFFFF
+
+
+class TimeWait:
+    """One TIME-WAIT (or FIN-WAIT-2 substate) record: Linux's tcp_timewait_sock."""
+
+    __slots__ = ("key", "laddr", "lport", "raddr", "rport", "substate", "rcv_nxt", "snd_nxt",
+                 "rcv_wnd", "rcv_wscale", "ts_ok", "ts_recent", "ts_recent_stamp", "ts_off",
+                 "entered", "timer", "last_oow_ack", "syn_isn")
+
+    def __init__(self, conn: Any, substate: int, now: int) -> None:
+        self.key = conn.key
+        self.laddr = conn.laddr
+        self.lport = conn.lport
+        self.raddr = conn.raddr
+        self.rport = conn.rport
+        self.substate = substate
+        self.rcv_nxt = conn.rcv_nxt
+        self.snd_nxt = conn.snd_max
+        self.rcv_wnd = conn._rcv_window_now()
+        self.rcv_wscale = conn.rcv_wscale
+        self.ts_ok = conn.ts_ok
+        self.ts_recent = conn.ts_recent
+        self.ts_recent_stamp = conn.ts_recent_stamp if conn.ts_ok else 0
+        self.ts_off = conn.ts_off
+        self.entered = now
+        self.timer = None
+        self.last_oow_ack = -1
+        self.syn_isn = 0
+
+    @property
+    def state_name(self) -> str:
+        return S.NAMES[S.TIME_WAIT]
+
+    @property
+    def substate_name(self) -> str:
+        return S.NAMES[self.substate]
+
+
+class TimeWaitTable:
+    """The records by 4-tuple key, with their expiry on the host's timer wheel."""
+
+    __slots__ = ("host", "records")
+
+    def __init__(self, host: "Host") -> None:
+        self.host = host
+        self.records: dict[int, TimeWait] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get(self, key: int) -> TimeWait | None:
+        return self.records.get(key)
+
+    def timewait_len(self) -> int:
+        return self.host.sysctl["ustack.tcp_timewait_len"] * 1000
+
+    def enter(self, conn: Any, substate: int, lifetime_ms: int) -> TimeWait | None:
+        """Linux tcp_time_wait(): replace a connection by a record, or close it outright when
+        tcp_max_tw_buckets records already exist (TCPTimeWaitOverflow)."""
+        host = self.host
+        if len(self.records) >= host.sysctl["net.ipv4.tcp_max_tw_buckets"]:
+            host.mib["TcpExtTCPTimeWaitOverflow"] += 1
+            return None
+        tw = TimeWait(conn, substate, host.now)
+        self.records[tw.key] = tw
+        tw.timer = host.wheel.schedule(host.now + lifetime_ms, tw)
+        return tw
+
+    def reschedule(self, tw: TimeWait, lifetime_ms: int) -> None:
+        self.host.wheel.reschedule(tw.timer, self.host.now + lifetime_ms)
+
+    def kill(self, tw: TimeWait) -> None:
+        """Remove a record before its time (inet_twsk_deschedule_put)."""
+        if self.records.get(tw.key) is tw:
+            del self.records[tw.key]
+        if tw.timer is not None:
+            self.host.wheel.cancel(tw.timer)
+
+    def expire(self, tw: TimeWait) -> None:
+        """The timer ran out (tw_timer_handler): the record vanishes silently."""
+        if self.records.get(tw.key) is tw:
+            del self.records[tw.key]
+            self.host.mib["TcpExtTW"] += 1  # LINUX_MIB_TIMEWAITED, counted in tw_timer_handler
+
+    # -------------------------------------------------------------- the rules
+    def _oow_rate_limited(self, tw: TimeWait, seg: Any, mib_name: str) -> bool:
+        """Linux tcp_oow_rate_limited: at most one ACK per tcp_invalid_ratelimit ms to
+        out-of-window segments, except for data segments (they cannot be part of an ACK loop)."""
+        host = self.host
+        seg_len = len(seg.payload) + (1 if seg.flags & SYN else 0) + (1 if seg.flags & FIN else 0)
+        if seg_len and not seg.flags & SYN:
+            return False
+        limit = host.sysctl["net.ipv4.tcp_invalid_ratelimit"]
+        if tw.last_oow_ack >= 0 and host.now - tw.last_oow_ack < limit:
+            host.mib[mib_name] += 1
+            return True
+        tw.last_oow_ack = host.now
+        return False
+
+    def _oow_ack(self, tw: TimeWait, seg: Any, mib_name: str) -> int:
+        """tcp_timewait_check_oow_rate_limit."""
+        if self._oow_rate_limited(tw, seg, mib_name):
+            return TW_SUCCESS
+        return TW_ACK
+
+    def process(self, tw: TimeWait, seg: Any) -> int:
+        """Linux tcp_timewait_state_process(): what a segment does to a record."""
+        host = self.host
+        now = host.now
+        flags = seg.flags
+        seq = seg.seq
+        end_seq = (seq + len(seg.payload) + (1 if flags & SYN else 0)
+                   + (1 if flags & FIN else 0)) & M32
+        paws = False
+        if seg.has_ts and tw.ts_recent_stamp:
+            paws = paws_reject(tw.ts_recent, tw.ts_recent_stamp, seg.ts_val, now,
+                               bool(flags & RST))
+
+        if tw.substate == S.FIN_WAIT_2:
+            # Repeat the checks of tcp_rcv_state_process for a half-closed orphan.
+            right = (tw.rcv_nxt + tw.rcv_wnd) & M32
+            if paws or not _in_window(seq, end_seq, tw.rcv_nxt, right):
+                return self._oow_ack(tw, seg, "TcpExtTCPACKSkippedFinWait2")
+            if flags & RST:
+                self.kill(tw)
+                return TW_SUCCESS
+            if flags & SYN and not _before(seq, tw.rcv_nxt):
+                return TW_RST
+            if not flags & ACK or not _after(end_seq, tw.rcv_nxt) or end_seq == seq:
+                return TW_SUCCESS  # duplicate ACK
+            if not flags & FIN or end_seq != ((tw.rcv_nxt + 1) & M32):
+                return TW_RST       # new data after a half-duplex close: reset
+            # the FIN: enter true TIME-WAIT
+            tw.substate = S.TIME_WAIT
+            tw.rcv_nxt = end_seq
+            if seg.has_ts:
+                tw.ts_recent_stamp = now
+                tw.ts_recent = seg.ts_val
+            self.reschedule(tw, self.timewait_len())
+            return TW_ACK
+
+        # Substate TIME-WAIT (RFC 9293 §3.10.7.4 "TIME-WAIT STATE" with Linux's reading)
+        if not paws and seq == tw.rcv_nxt and (seq == end_seq or flags & RST):
+            # in window: only a RST or a bare ACK can be here
+            if flags & RST:
+                if not host.sysctl["net.ipv4.tcp_rfc1337"]:
+                    self.kill(tw)  # RFC 1337 hazard: TIME-WAIT assassination
+                    return TW_SUCCESS
+            else:
+                self.reschedule(tw, self.timewait_len())
+            if seg.has_ts:
+                tw.ts_recent = seg.ts_val
+                tw.ts_recent_stamp = now
+            return TW_SUCCESS
+
+        # Out of window.  A new SYN may open a new incarnation (RFC 6191 with timestamps,
+        # RFC 9293 Appendix B without).
+        if flags & SYN and not flags & RST and not flags & ACK and not paws and (
+                _after(seq, tw.rcv_nxt) or
+                (seg.has_ts and ((tw.ts_recent - seg.ts_val) & M32) > 0x7FFFFFFF)):
+            isn = (tw.snd_nxt + 65535 + 2) & M32
+            tw.syn_isn = isn or 1
+            return TW_SYN
+        if paws:
+            host.mib["TcpExtPAWSEstab"] += 1
+        if not flags & RST:
+            # Restart the clock for ACKs and PAWS failures, not for a bare SYN below rcv_nxt
+            # (which may be an old duplicate or a new SYN with a random ISN).
+            if paws or flags & ACK:
+                self.reschedule(tw, self.timewait_len())
+            return self._oow_ack(tw, seg, "TcpExtTCPACKSkippedTimeWait")
+        return TW_SUCCESS
+
+
+def _in_window(seq: int, end_seq: int, s_win: int, e_win: int) -> bool:
+    """Linux tcp_in_window()."""
+    if seq == s_win:
+        return True
+    if _after(end_seq, s_win) and _before(seq, e_win):
+        return True
+    return seq == e_win and seq == end_seq
