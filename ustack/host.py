@@ -24,7 +24,7 @@ from ustack._timerwheel import TimerWheel
 from ustack.counters import Counters
 from ustack.sysctl import Sysctl
 from ustack.tcp import states as S
-from ustack.tcp.connection import NEVER, NULL_USER, Connection, ConnectionUser
+from ustack.tcp.connection import NEVER, NULL_USER, Connection, ConnectionUser, _after
 from ustack.tcp.isn import SecretHash
 from ustack.tcp.timewait import TW_ACK, TW_RST, TW_SYN, TimeWait, TimeWaitTable
 from ustack.wire import int_to_ip, ip_to_int
@@ -440,8 +440,37 @@ class Host:
         rto = conn.rto
         return max(tmo, (rto << 2) - (rto >> 1))
 
+    def fin_wait2_after_ack(self, conn: Connection, seg: Any) -> bool:
+        """An orphan's FIN was acknowledged (tcp_rcv_state_process, case TCP_FIN_WAIT1).
+        Returns False when the segment is consumed (the connection is gone)."""
+        if conn.linger2 is not None and conn.linger2 < 0:
+            self.mib["TcpExtTCPAbortOnData"] += 1
+            self.send_reset_for(seg)
+            conn._destroy(None, notify=False)
+            return False
+        seg_len = len(seg.payload) + (1 if seg.flags & FIN else 0)
+        if seg_len and _after((seg.seq + len(seg.payload)) & M32, conn.rcv_nxt):
+            # new data (or an out-of-order FIN) after close(): reset
+            self.mib["TcpExtTCPAbortOnData"] += 1
+            self.send_reset_for(seg)
+            conn._destroy(None, notify=False)
+            return False
+        tmo = self.fin_time(conn)
+        twlen = self.tw.timewait_len()
+        if tmo > twlen:
+            conn.t_misc = self.now + tmo - twlen
+            conn.misc_kind = "fin_wait2"
+        elif seg.flags & FIN:
+            # "Bad case": keep the full socket so the FIN in this segment is not lost
+            conn.t_misc = self.now + tmo
+            conn.misc_kind = "fin_wait2"
+        else:
+            self.enter_timewait(conn, S.FIN_WAIT_2, tmo)
+            return False
+        return True
+
     def fin_wait2_entered(self, conn: Connection) -> None:
-        """An orphan reached FIN-WAIT-2 (tcp_close / tcp_rcv_state_process FIN_WAIT1 case)."""
+        """close() found the connection in FIN-WAIT-2 already (Linux tcp_close)."""
         if not conn.orphan or conn.state != S.FIN_WAIT_2:
             return  # after shutdown() FIN-WAIT-2 lasts for ever, as in Linux
         if conn.linger2 is not None and conn.linger2 < 0:
@@ -464,7 +493,6 @@ class Host:
         if tmo > 0:
             self.enter_timewait(conn, S.FIN_WAIT_2, tmo)
         else:
-            self.mib["TcpExtTCPAbortOnTimeout"] += 1
             conn._send_rst()
             conn._destroy(None, notify=False)
 

@@ -13,6 +13,7 @@ sequence number ever sent (the RFC's SND.NXT for acceptability checks).
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ustack._segment import ACK, FIN, PSH, RST, SYN, build_tcp
@@ -81,7 +82,7 @@ class Connection:
         "host", "laddr", "lport", "raddr", "rport", "key", "state", "user", "listener",
         # send sequence space (RFC 9293 §3.3.1)
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2", "max_window",
-        "snd_wscale", "mss", "peer_mss", "sndq", "sndbuf", "fin_queued", "fin_seq",
+        "snd_wscale", "mss", "peer_mss", "snd_sml", "sndq", "sndbuf", "fin_queued", "fin_seq",
         "write_mark",
         # receive sequence space
         "irs", "rcv_nxt", "rcv_wnd", "rcv_wup", "rcv_wscale", "rcv_mss", "advmss", "rcvbuf",
@@ -90,7 +91,7 @@ class Connection:
         "ts_ok", "ts_off", "ts_recent", "ts_recent_stamp", "sack_ok", "wscale_ok",
         # congestion control and RTT (RFC 5681, RFC 6298)
         "cwnd", "cwnd_cnt", "ssthresh", "dupacks", "recover", "in_recovery", "srtt", "rttvar", "rto",
-        "rtt_seq", "rtt_time", "backoff", "retransmits", "retrans_stamp", "total_retrans",
+        "rtt_seq", "rtt_time", "sent_times", "syn_time", "backoff", "retransmits", "retrans_stamp", "total_retrans",
         # delayed ACK (Linux icsk_ack)
         "ack_pending", "quickack", "pingpong", "last_rcv_time", "last_snd_data_time",
         # timers: one wheel entry, several deadlines
@@ -118,6 +119,7 @@ class Connection:
         self.snd_wnd = 0
         self.snd_wl1 = self.snd_wl2 = 0
         self.max_window = 0
+        self.snd_sml = 0
         self.snd_wscale = 0
         self.advmss = host.mtu - 40
         self.peer_mss = 536
@@ -157,6 +159,8 @@ class Connection:
         self.rto = TCP_TIMEOUT_INIT
         self.rtt_seq = -1
         self.rtt_time = 0
+        self.sent_times: deque[tuple[int, int]] = deque()  # (end seq, first sent) in flight
+        self.syn_time = now
         self.backoff = 0
         self.retransmits = 0
         self.retrans_stamp = 0
@@ -308,9 +312,19 @@ class Connection:
         elif not self.timer.active or self.timer.deadline != d:
             wheel.reschedule(self.timer, d)
 
+    def _head_time(self) -> int:
+        """When the first unacknowledged segment was sent (Linux: its skb timestamp)."""
+        if self.state in (S.SYN_SENT, S.SYN_RECV):
+            return self.syn_time
+        return self.sent_times[0][1] if self.sent_times else self.host.now
+
     def _rearm_rto(self) -> None:
+        """Linux tcp_rearm_rto: the RTO runs from when the head segment was sent."""
         if self.snd_max != self.snd_una or (self.state in (S.SYN_SENT, S.SYN_RECV)):
-            self.t_rto = self.host.now + min(self.rto << self.backoff, TCP_RTO_MAX)
+            rto = min(self.rto << self.backoff, TCP_RTO_MAX)
+            now = self.host.now
+            deadline = self._head_time() + rto if not self.backoff else now + rto
+            self.t_rto = deadline if deadline > now else now + rto
         else:
             self.t_rto = NEVER
 
@@ -356,14 +370,14 @@ class Connection:
             if self.orphan:
                 limit = host.orphan_retries()
             base = TCP_RTO_MIN
+        if self.retransmits == 0:
+            self.retrans_stamp = self._head_time()
         if self.retransmits and host.now - self.retrans_stamp >= retransmits_timed_out(limit, base):
             mib["TcpExtTCPAbortOnTimeout"] += 1
             if state == S.SYN_SENT:
                 mib["TcpAttemptFails"] += 1
             self._destroy(TimeoutError(110, "Connection timed out"))
             return
-        if self.retransmits == 0:
-            self.retrans_stamp = host.now
         self.retransmits += 1
         self.total_retrans += 1
         mib["TcpRetransSegs"] += 1
@@ -381,6 +395,7 @@ class Connection:
             self.dupacks = 0
             self.rtt_seq = -1
             self.snd_nxt = self.snd_una
+            self.sent_times.clear()
             self._output(force_one=True)
         self.backoff = min(self.backoff + 1, 15)
         self._rearm_rto()
@@ -438,6 +453,7 @@ class Connection:
         self.rcv_wnd = self._initial_window(self.advmss)
         self.rcv_ssthresh = self.rcv_wnd
         self._set_state(S.SYN_SENT)
+        self.syn_time = host.now
         host.mib["TcpActiveOpens"] += 1
         self._emit(SYN, iss, syn_options=True)
         self._rearm_rto()
@@ -473,6 +489,7 @@ class Connection:
         self.rcv_wnd = self._initial_window(self.advmss - (TS_OPT_LEN if self.ts_ok else 0))
         self.rcv_ssthresh = self.rcv_wnd
         self._set_state(S.SYN_RECV)
+        self.syn_time = host.now
         self._emit(SYN | ACK, iss, syn_options=True)
         self._rearm_rto()
         self._arm()
@@ -654,11 +671,12 @@ class Connection:
         # Step 7: segment text (tcp_data_queue)
         if payload:
             if state in S.RECEIVING:
-                if self.rcv_shutdown and _after((seg.seq + len(payload)) & M32, self.rcv_nxt):
-                    # Linux tcp_rcv_state_process: data for a receive side already closed by
-                    # close() -> reset (RFC 9293 §3.10.7.4, the orphan case), TCPAbortOnData.
+                if self.rcv_shutdown and state != S.ESTABLISHED and \
+                        _after((seg.seq + len(payload)) & M32, self.rcv_nxt):
+                    # Linux tcp_rcv_state_process, FIN-WAIT-1/2 with RCV_SHUTDOWN: RFC 1122
+                    # says reset; the RST answers the segment (tcp_v4_send_reset).
                     mib["TcpExtTCPAbortOnData"] += 1
-                    self._send_rst()
+                    host.send_reset_for(seg)
                     self._destroy(ConnectionResetError(104, "Connection reset by peer"))
                     return
                 self._data(seg)
@@ -769,8 +787,8 @@ class Connection:
         if self.fin_queued and self.snd_una == (self.fin_seq + 1) & M32:
             if state == S.FIN_WAIT_1:
                 self._set_state(S.FIN_WAIT_2)
-                self._notify |= 8
-                host.fin_wait2_entered(self)
+                if self.orphan and not host.fin_wait2_after_ack(self, seg):
+                    return False
             elif state == S.CLOSING:
                 host.enter_timewait(self, S.TIME_WAIT)
                 return False
@@ -798,6 +816,9 @@ class Connection:
             data -= 1  # our FIN
         if data > 0:
             del self.sndq[:data]
+        times = self.sent_times
+        while times and not _after(times[0][0], ack):
+            times.popleft()
         self.snd_una = ack
         if _before(self.snd_nxt, ack):
             self.snd_nxt = ack
@@ -1012,6 +1033,7 @@ class Connection:
                 if self.fin_queued and seq == self.fin_seq:
                     self._emit(FIN | ACK, seq)  # FIN after the queued data
                     self.snd_nxt = (seq + 1) & M32
+                    self.sent_times.append((self.snd_nxt, host.now))
                     sent_any = True
                     if _after(self.snd_nxt, self.snd_max):
                         self.snd_max = self.snd_nxt
@@ -1025,9 +1047,10 @@ class Connection:
                 if self.snd_wnd == 0 and in_flight == 0:
                     self._arm_persist()
                 break
-            if n < mss and in_flight and not self.nodelay and not self.fin_queued \
-                    and not force_one:
-                break  # Nagle (RFC 896): at most one small segment in flight
+            if n < mss and not self.nodelay and not self.fin_queued and not force_one \
+                    and _after(self.snd_sml, self.snd_una):
+                break  # Nagle with Minshall's rule (tcp_minshall_check): one small segment
+                #        in flight at most
             flags = ACK
             if offset + n == len(sndq):
                 flags |= PSH  # the last segment of what was written
@@ -1035,6 +1058,9 @@ class Connection:
                     flags |= FIN  # FIN rides on the last data segment
             self._emit(flags, seq, bytes(sndq[offset:offset + n]))
             self.snd_nxt = (seq + n + (1 if flags & FIN else 0)) & M32
+            self.sent_times.append((self.snd_nxt, host.now))
+            if n < mss:
+                self.snd_sml = self.snd_nxt
             self.last_snd_data_time = host.now
             if (host.now - self.last_rcv_time) < TCP_ATO_MIN:
                 self.pingpong = True  # Linux tcp_event_data_sent: interactive exchange
