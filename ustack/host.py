@@ -251,6 +251,7 @@ class Host:
                 self._timewait_ack(tw)
             elif verdict == TW_RST:
                 self.send_reset_for(seg)
+                self.tw.kill(tw)  # tcp_v4_rcv: TCP_TW_RST also ends the record
             return
         listener = self.listeners.get(seg.dport)
         if listener is not None and not listener.closed:
@@ -288,7 +289,7 @@ class Host:
     def _timewait_ack(self, tw: TimeWait) -> None:
         """Linux tcp_v4_timewait_ack: ACK from the record's numbers."""
         ts_val = None
-        if tw.ts_ok:
+        if tw.ts_recent:  # tcp_v4_send_ack adds the option only when there is a TSecr
             ts_val = (self.now + tw.ts_off) & M32
         self.output(build_tcp(tw.laddr, tw.raddr, tw.lport, tw.rport, tw.snd_nxt, tw.rcv_nxt,
                               ACK, tw.rcv_wnd >> tw.rcv_wscale, ts_val=ts_val,

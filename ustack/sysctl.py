@@ -22,6 +22,7 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
     "net.ipv4.tcp_sack": (1, int, 0, 1),
     "net.ipv4.tcp_ecn": (2, int, 0, 2),
     "net.ipv4.tcp_syn_retries": (6, int, 1, 127),
+    "net.ipv4.tcp_syn_linear_timeouts": (4, int, 0, 255),
     "net.ipv4.tcp_synack_retries": (5, int, 0, 255),
     "net.ipv4.tcp_retries1": (3, int, 0, 255),
     "net.ipv4.tcp_retries2": (15, int, 0, 255),

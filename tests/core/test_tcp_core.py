@@ -75,7 +75,8 @@ def test_synsent_bad_ack_gets_reset():
 
 
 def test_syn_retries_time_out_like_linux():
-    """tcp_syn_retries=6: retransmissions at 1, 3, 7, 15, 31, 63 s, failure at 127 s."""
+    """tcp_syn_retries=6 plus tcp_syn_linear_timeouts=4 (Linux 6.18): four 1 s timeouts, then
+    doubling; SYNs at 1, 2, 3, 4, 5, 7, 11, 19, 35, 67 s; failure at 131 s."""
     t = Trace()
     rec = Recorder()
     t.host.connect("198.18.0.1", 80, user=rec)
@@ -87,11 +88,16 @@ def test_syn_retries_time_out_like_linux():
         for seg in t.output():
             assert seg.flags == SYN
             times.append(t.now - start)
-    assert times == [1000, 3000, 7000, 15000, 31000, 63000]
+    assert times == [1000, 2000, 3000, 4000, 5000, 7000, 11000, 19000, 35000, 67000]
     assert isinstance(rec.error, TimeoutError)
-    assert 127_000 <= t.now - start <= 127_100
-    assert retransmits_timed_out(6, 1000) == 127_000
-    assert t.mib["TcpAttemptFails"] == 1
+    assert 131_000 <= t.now - start <= 131_100
+    assert t.mib["TcpAttemptFails"] == 1 and t.mib["TCPSynRetrans"] == 10
+
+
+def test_retransmits_timed_out_model():
+    assert retransmits_timed_out(6, 1000) == 127_000       # tcp_model_timeout
+    assert retransmits_timed_out(8, 200) == 102_200        # orphan retries: 0 means 8
+    assert retransmits_timed_out(15, 200) == 924_600       # tcp_retries2
 
 
 # ------------------------------------------------------------------------- resets for nobody
@@ -190,7 +196,8 @@ def test_send_segments_by_mss_and_nagle():
     t.expect(flags=ACK | PSH, length=10)
 
 
-def test_retransmission_timeout_and_backoff():
+def test_tail_loss_probe_then_rto_and_backoff():
+    """Linux with SACK: a loss probe (TLP) first, then the RTO a full RTO later, doubling."""
     t = Trace()
     conn, rec, synack = t.passive_open()
     conn.send(b"z" * 100)
@@ -200,12 +207,32 @@ def test_retransmission_timeout_and_backoff():
     t.advance(rto - 1)
     t.expect_nothing()
     t.advance(1)
-    again = t.expect(length=100, seq=first.seq)
+    t.expect(length=100, seq=first.seq)          # the probe: the last segment again
+    assert t.mib["TCPLossProbes"] == 1
+    t.advance(rto - 1)
+    t.expect_nothing()
+    t.advance(1)
+    t.expect(length=100, seq=first.seq)          # the RTO, a full RTO after the probe
+    t.advance(2 * rto - 1)
+    t.expect_nothing()
+    t.advance(1)
+    t.expect(length=100, seq=first.seq)          # backed off: 2 x RTO
+    assert t.mib["TcpRetransSegs"] == 3 and t.mib["TCPTimeouts"] == 2
+
+
+def test_rto_without_sack_has_no_probe():
+    t = Trace(net__ipv4__tcp_sack=0)
+    conn, rec, synack = t.passive_open()
+    conn.send(b"z" * 100)
+    first = t.expect(length=100)
+    rto = conn.rto
+    t.advance(rto)
+    t.expect(length=100, seq=first.seq)
     t.advance(2 * rto - 1)
     t.expect_nothing()
     t.advance(1)
     t.expect(length=100, seq=first.seq)
-    assert t.mib["TcpRetransSegs"] == 2 and again.flags & ACK
+    assert t.mib["TCPLossProbes"] == 0
 
 
 def test_fast_retransmit_on_three_dupacks():
@@ -261,27 +288,67 @@ def test_active_close_to_time_wait_and_expiry():
 
 
 def test_passive_close_three_segment_close():
-    """Peer FIN, then close() within the delayed-ACK time: FIN rides with the ACK."""
+    """After data, Linux delays the ACK of the peer's FIN (pingpong, ato 40 ms); close()
+    within that time sends FIN with the ACK: a three-segment close."""
     t = Trace()
     conn, rec, synack = t.passive_open()
     iss = synack.seq
-    t.inject(FIN | ACK, 1001, iss + 1, 502, ts_val=102)
-    t.expect_nothing()                 # Linux delays the ACK of a FIN (pingpong)
+    t.inject(ACK | PSH, 1001, iss + 1, 502, payload=b"request", ts_val=102)
+    t.expect(flags=ACK, ack=1008)                 # quick ACK for the first data
+    t.inject(FIN | ACK, 1008, iss + 1, 502, ts_val=103)
+    t.expect_nothing()
     assert conn.state_name == "CLOSE-WAIT" and rec.events[-1] == "eof"
     t.advance(10)
     conn.close()
-    t.expect(flags=FIN | ACK, seq=iss + 1, ack=1002)
+    t.expect(flags=FIN | ACK, seq=iss + 1, ack=1009)
     assert conn.state_name == "LAST-ACK"
-    t.inject(ACK, 1002, iss + 2, 502, ts_val=103)
+    t.inject(ACK, 1009, iss + 2, 502, ts_val=104)
     assert conn.state_name == "CLOSED" and t.host.conns == {} and len(t.host.tw) == 0
 
 
-def test_passive_close_slow_app_acks_fin_alone():
+def test_passive_close_slow_app_acks_fin_after_ato():
+    t = Trace()
+    conn, rec, synack = t.passive_open()
+    t.inject(ACK | PSH, 1001, synack.seq + 1, 502, payload=b"x", ts_val=102)
+    t.expect(flags=ACK, ack=1002)
+    t.inject(FIN | ACK, 1002, synack.seq + 1, 502, ts_val=103)
+    t.advance(39)
+    t.expect_nothing()
+    t.advance(1)
+    t.expect(flags=ACK, ack=1003)
+
+
+def test_fin_without_data_acked_at_next_tick():
+    """No data ever received: ato is 0, so the delayed ACK of a FIN leaves at the next tick."""
     t = Trace()
     conn, rec, synack = t.passive_open()
     t.inject(FIN | ACK, 1001, synack.seq + 1, 502, ts_val=102)
-    t.advance(40)
+    t.expect_nothing()
+    t.advance(1)
     t.expect(flags=ACK, ack=1002)
+    assert t.mib["DelayedACKs"] == 1
+
+
+def test_retransmitted_fin_in_close_wait_gets_dsack():
+    t = Trace()
+    conn, rec, synack = t.passive_open()
+    t.inject(FIN | ACK, 1001, synack.seq + 1, 502, ts_val=102)
+    t.advance(1)
+    t.expect(flags=ACK, ack=1002)
+    t.inject(FIN | ACK, 1001, synack.seq + 1, 502, ts_val=103)
+    seg = t.expect(flags=ACK, ack=1002)
+    assert seg.sack_blocks == ((1001, 1002),)
+    assert t.mib["DelayedACKLost"] == 1
+
+
+def test_small_first_write_is_not_held_whatever_the_isn():
+    """Nagle (Minshall) must not hold the first small write: snd_sml starts at the ISN."""
+    for secret in (b"a", b"b", b"c", b"d", b"e", b"f"):
+        t = Trace()
+        t.host.secret.__init__(secret)
+        conn, rec, synack = t.passive_open()
+        conn.send(b"hello")
+        t.expect(length=5)
 
 
 def test_simultaneous_close_through_closing():

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ustack._segment import ACK, FIN, PSH, RST, SYN, build_tcp
 from ustack.tcp import states as S
+from ustack.tcp.paws import paws_check
 
 if TYPE_CHECKING:  # pragma: no cover
     from ustack.host import Host
@@ -93,7 +94,10 @@ class Connection:
         "cwnd", "cwnd_cnt", "ssthresh", "dupacks", "recover", "in_recovery", "srtt", "rttvar", "rto",
         "rtt_seq", "rtt_time", "sent_times", "syn_time", "backoff", "retransmits", "retrans_stamp", "total_retrans",
         # delayed ACK (Linux icsk_ack)
-        "ack_pending", "quickack", "pingpong", "last_rcv_time", "last_snd_data_time",
+        "ack_pending", "ack_now", "ack_pushed", "quickack", "pingpong", "ato", "lrcvtime",
+        "last_seg_size", "dsack", "last_oow_ack", "last_snd_data_time",
+        # tail loss probe (Linux tcp_schedule_loss_probe) and the RTO slot's current use
+        "tlp_high_seq", "tlp_retrans", "rto_kind", "total_rto",
         # timers: one wheel entry, several deadlines
         "t_rto", "t_delack", "t_misc", "misc_kind", "timer",
         # socket options and lifecycle
@@ -168,7 +172,17 @@ class Connection:
         self.ack_pending = False
         self.quickack = 0
         self.pingpong = False
-        self.last_rcv_time = now
+        self.ack_now = False
+        self.ack_pushed = 0
+        self.ato = 0
+        self.lrcvtime = now
+        self.last_seg_size = 0
+        self.dsack: tuple[int, int] | None = None
+        self.last_oow_ack = -1
+        self.tlp_high_seq = -1
+        self.tlp_retrans = False
+        self.rto_kind = "rto"
+        self.total_rto = 0
         self.last_snd_data_time = 0
         self.t_rto = self.t_delack = self.t_misc = NEVER
         self.misc_kind = ""
@@ -195,6 +209,8 @@ class Connection:
             mib["TcpCurrEstab"] += 1
         if old in (S.ESTABLISHED, S.CLOSE_WAIT) and new not in (S.ESTABLISHED, S.CLOSE_WAIT):
             mib["TcpCurrEstab"] -= 1
+            if new == S.CLOSED:
+                mib["TcpEstabResets"] += 1  # Linux tcp_set_state: any close from these states
         self.state = new
         self.host.state_changed(self, old, new)
 
@@ -248,11 +264,18 @@ class Connection:
                 window = win >> self.rcv_wscale
             else:
                 window = min(self.rcv_wnd, 65535)
+            # Linux tcp_event_ack_sent -> tcp_dec_quickack_mode, clear the delayed-ACK state
+            if self.quickack and self.ack_pending:
+                if self.quickack <= 1:
+                    self.quickack = 0
+                    self.ato = TCP_ATO_MIN
+                else:
+                    self.quickack -= 1
             self.ack_pending = False
+            self.ack_now = False
+            self.ack_pushed = 0
             if self.t_delack != NEVER:
                 self.t_delack = NEVER
-            if self.quickack:
-                self.quickack -= 1
         else:
             ack = 0
             window = min(self.rcv_wnd, 65535) if flags & SYN else 0
@@ -262,8 +285,9 @@ class Connection:
             ts_val = self._tsval()
             ts_ecr = self.ts_recent if flags & ACK else 0
         sack_blocks = None
-        if self.sack_ok and self.ooo and not (flags & SYN):
+        if self.sack_ok and (self.ooo or self.dsack) and not (flags & SYN):
             sack_blocks = self._sack_blocks()
+            self.dsack = None
         if syn_options:
             pkt = build_tcp(
                 self.laddr, self.raddr, self.lport, self.rport, seq, ack, flags, window, payload,
@@ -278,15 +302,19 @@ class Connection:
             host.mib["TcpOutRsts"] += 1
 
     def _sack_blocks(self) -> list[tuple[int, int]]:
+        """SACK blocks (RFC 2018), a D-SACK block first (RFC 2883), newest first after it."""
         blocks: list[list[int]] = []
-        for seq, data in self.ooo:
-            end = (seq + len(data)) & M32
+        for seq, data, fin in self.ooo:
+            end = (seq + len(data) + fin) & M32
             if blocks and blocks[-1][1] == seq:
                 blocks[-1][1] = end
             else:
                 blocks.append([seq, end])
         limit = 3 if self.ts_ok else 4
-        return [(a, b) for a, b in blocks[-limit:][::-1]]
+        out = [(a, b) for a, b in blocks[::-1]]
+        if self.dsack is not None:
+            out.insert(0, self.dsack)
+        return out[:limit]
 
     def send_ack(self) -> None:
         self._emit(ACK, self.snd_nxt)
@@ -319,14 +347,83 @@ class Connection:
         return self.sent_times[0][1] if self.sent_times else self.host.now
 
     def _rearm_rto(self) -> None:
-        """Linux tcp_rearm_rto: the RTO runs from when the head segment was sent."""
+        """Linux tcp_rearm_rto: a full RTO from now; when the pending timer was a loss probe,
+        the RTO still counts from when the head segment was sent."""
         if self.snd_max != self.snd_una or (self.state in (S.SYN_SENT, S.SYN_RECV)):
             rto = min(self.rto << self.backoff, TCP_RTO_MAX)
             now = self.host.now
-            deadline = self._head_time() + rto if not self.backoff else now + rto
-            self.t_rto = deadline if deadline > now else now + rto
+            if self.rto_kind == "tlp":
+                delta = self._head_time() + rto - now
+                rto = max(delta, 1)
+            self.rto_kind = "rto"
+            self.t_rto = now + rto
         else:
+            self.rto_kind = "rto"
             self.t_rto = NEVER
+
+    def _schedule_loss_probe(self, advancing_rto: bool) -> bool:
+        """Linux tcp_schedule_loss_probe (tcp_early_retrans 3 or 4): probe the tail after
+        about two RTTs instead of waiting for the RTO; SACK connections in the Open state only."""
+        if self.host.sysctl["net.ipv4.tcp_early_retrans"] not in (3, 4) or not self.sack_ok \
+                or self.in_recovery or self.snd_max == self.snd_una or self.retransmits:
+            return False
+        packets_out = len(self.sent_times)
+        if packets_out == 0:
+            return False
+        if self.srtt:
+            timeout = 2 * self.srtt + (TCP_RTO_MIN if packets_out == 1 else 2)
+        else:
+            timeout = TCP_TIMEOUT_INIT
+        now = self.host.now
+        rto_delta = self.rto if advancing_rto else \
+            (self.t_rto - now if self.t_rto != NEVER else self.rto)
+        if rto_delta > 0:
+            timeout = min(timeout, rto_delta)
+        self.t_rto = now + max(timeout, 1)
+        self.rto_kind = "tlp"
+        return True
+
+    def _send_loss_probe(self) -> None:
+        """Linux tcp_send_loss_probe: new data if the window allows, else the last segment
+        again; then a full RTO from now."""
+        host = self.host
+        if self.tlp_high_seq < 0 and self.state != S.CLOSED:
+            before = self.snd_nxt
+            mss = self._effective_mss()
+            if self._unsent() > 0 and self.snd_wnd >= min(self._unsent(), mss) + \
+                    ((self.snd_nxt - self.snd_una) & M32):
+                saved = self.nodelay
+                self.nodelay = True
+                self._output(force_one=True, probe=True)
+                self.nodelay = saved
+                sent = self.snd_nxt != before
+                self.tlp_retrans = False
+            else:
+                sent = self._retransmit_tail()
+                self.tlp_retrans = sent
+            if sent:
+                self.tlp_high_seq = self.snd_nxt
+                host.mib["TcpExtTCPLossProbes"] += 1
+                self.rto_kind = "rto"
+        self._rearm_rto()
+
+    def _retransmit_tail(self) -> bool:
+        """Send the last segment in flight again (the TLP's probe)."""
+        times = self.sent_times
+        if not times:
+            return False
+        end = times[-1][0]
+        start = times[-2][0] if len(times) > 1 else self.snd_una
+        off = (start - self.snd_una) & M32
+        length = (end - start) & M32
+        fin = self.fin_queued and end == ((self.fin_seq + 1) & M32)
+        n = length - (1 if fin else 0)
+        payload = bytes(self.sndq[off:off + n]) if n > 0 else b""
+        flags = ACK | (FIN if fin else 0) | (PSH if payload and off + n == len(self.sndq) else 0)
+        self._emit(flags, start, payload)
+        self.host.mib["TcpRetransSegs"] += 1
+        self.total_retrans += 1
+        return True
 
     def on_timer(self) -> None:
         """Called by the host when this connection's wheel entry fires."""
@@ -334,11 +431,22 @@ class Connection:
         if self.t_delack <= now:
             self.t_delack = NEVER
             if self.ack_pending and self.state != S.CLOSED:
+                # Linux tcp_delack_timer_handler: a missed delayed ACK inflates ato, or ends
+                # pingpong mode
+                if not self.pingpong:
+                    self.ato = min(self.ato << 1, self.rto)
+                else:
+                    self.pingpong = False
+                    self.ato = TCP_ATO_MIN
                 self.host.mib["TcpExtDelayedACKs"] += 1
                 self.send_ack()
         if self.t_rto <= now:
             self.t_rto = NEVER
-            self._retransmit_timer()
+            if self.rto_kind == "tlp":
+                self.rto_kind = "rto"
+                self._send_loss_probe()
+            else:
+                self._retransmit_timer()
         if self.t_misc <= now and self.state != S.CLOSED:
             kind = self.misc_kind
             self.t_misc = NEVER
@@ -361,9 +469,18 @@ class Connection:
         if state == S.CLOSED:
             return
         sysctl = host.sysctl
-        if state in (S.SYN_SENT, S.SYN_RECV):
-            limit = sysctl["net.ipv4.tcp_syn_retries"] if state == S.SYN_SENT \
-                else sysctl["net.ipv4.tcp_synack_retries"]
+        self.tlp_high_seq = -1
+        if state == S.SYN_SENT:
+            # Linux tcp_write_timeout: a count, with tcp_syn_linear_timeouts extra tries
+            limit = sysctl["net.ipv4.tcp_syn_retries"] + sysctl["net.ipv4.tcp_syn_linear_timeouts"]
+            if self.retransmits >= limit:
+                mib["TcpAttemptFails"] += 1
+                self._destroy(TimeoutError(110, "Connection timed out"))
+                return
+            limit = 1 << 30
+            base = TCP_TIMEOUT_INIT
+        elif state == S.SYN_RECV:
+            limit = sysctl["net.ipv4.tcp_synack_retries"]
             base = TCP_TIMEOUT_INIT
         else:
             limit = sysctl["net.ipv4.tcp_retries2"]
@@ -373,20 +490,24 @@ class Connection:
         if self.retransmits == 0:
             self.retrans_stamp = self._head_time()
         if self.retransmits and host.now - self.retrans_stamp >= retransmits_timed_out(limit, base):
+            if state == S.SYN_RECV:
+                self._destroy(None, notify=False)  # an embryonic connection just goes away
+                return
             mib["TcpExtTCPAbortOnTimeout"] += 1
-            if state == S.SYN_SENT:
-                mib["TcpAttemptFails"] += 1
             self._destroy(TimeoutError(110, "Connection timed out"))
             return
         self.retransmits += 1
         self.total_retrans += 1
+        self.total_rto += 1
         mib["TcpRetransSegs"] += 1
+        mib["TcpExtTCPTimeouts"] += 1
         if state == S.SYN_SENT:
+            mib["TcpExtTCPSynRetrans"] += 1
             self._emit(SYN, self.iss, syn_options=True)
         elif state == S.SYN_RECV:
+            mib["TcpExtTCPSynRetrans"] += 1
             self._emit(SYN | ACK, self.iss, syn_options=True)
         else:
-            mib["TcpExtTCPTimeouts"] += 1
             # RFC 5681 §3.1 eq. 4, then go-back-N from snd_una
             flight = (self.snd_max - self.snd_una) & M32
             self.ssthresh = max(flight // 2, 2 * self._effective_mss())
@@ -397,7 +518,10 @@ class Connection:
             self.snd_nxt = self.snd_una
             self.sent_times.clear()
             self._output(force_one=True)
-        self.backoff = min(self.backoff + 1, 15)
+        if state != S.SYN_SENT or \
+                self.total_rto > sysctl["net.ipv4.tcp_syn_linear_timeouts"]:
+            self.backoff = min(self.backoff + 1, 15)
+        self.rto_kind = "rto"
         self._rearm_rto()
 
     def _probe_timer(self) -> None:
@@ -408,8 +532,8 @@ class Connection:
         limit = self.host.orphan_retries() if self.orphan else \
             self.host.sysctl["net.ipv4.tcp_retries2"]
         if self.probes > limit:
+            # Linux tcp_probe_timer -> tcp_write_err: no RST on the wire
             self.host.mib["TcpExtTCPAbortOnTimeout"] += 1
-            self._send_rst()
             self._destroy(TimeoutError(110, "Connection timed out"))
             return
         # A bare ACK one below snd_una draws the peer's ACK with its current window.
@@ -442,7 +566,7 @@ class Connection:
         sysctl = host.sysctl
         self._init_local()
         self.iss = iss
-        self.snd_una = iss
+        self.snd_una = self.snd_sml = iss
         self.snd_nxt = self.snd_max = (iss + 1) & M32
         self.wscale_ok = bool(sysctl["net.ipv4.tcp_window_scaling"])
         self.sack_ok = bool(sysctl["net.ipv4.tcp_sack"])
@@ -467,7 +591,7 @@ class Connection:
         self.irs = seg.seq
         self.rcv_nxt = self.rcv_wup = (seg.seq + 1) & M32
         self.iss = iss
-        self.snd_una = iss
+        self.snd_una = self.snd_sml = iss
         self.snd_nxt = self.snd_max = (iss + 1) & M32
         self.wscale_ok = seg.wscale >= 0 and bool(sysctl["net.ipv4.tcp_window_scaling"])
         if not self.wscale_ok:
@@ -497,7 +621,8 @@ class Connection:
     def _set_peer_mss(self, mss: int) -> None:
         self.peer_mss = mss if mss > 0 else 536
         self.mss = max(min(self.peer_mss, self.advmss), 64)
-        self.rcv_mss = min(self.advmss, self.peer_mss) - (TS_OPT_LEN if self.ts_ok else 0)
+        # Linux tcp_initialize_rcv_mss: a guess of at most 536 until segments arrive
+        self.rcv_mss = max(min(self.advmss, self.mss, max(self.rcv_wnd // 2, 1), 536), 88)
 
     # ------------------------------------------------------------------ input
     def on_segment(self, seg: Any) -> None:
@@ -554,12 +679,10 @@ class Connection:
             self.backoff = 0
             self.t_rto = NEVER
             self._set_state(S.ESTABLISHED)
-            self.cwnd = TCP_INIT_CWND
-            self.quickack = TCP_MAX_QUICKACKS
+            self.cwnd = TCP_INIT_CWND if self.total_retrans <= 1 else 1  # tcp_init_transfer
             self._notify |= 1
+            # (text or FIN on a SYN-ACK is not taken without Fast Open: only irs+1 is ACKed)
             self.send_ack()
-            if seg.payload or flags & FIN:
-                self._rcv_synchronized(seg, skip_checks=True)
             self._output()
             return
         if flags & RST:
@@ -596,116 +719,167 @@ class Connection:
         return 0 if win > 0x7FFFFFFF else win
 
     def _rcv_synchronized(self, seg: Any, skip_checks: bool = False) -> None:
+        """Linux tcp_rcv_state_process / tcp_rcv_established for every state after SYN-SENT."""
         host = self.host
         mib = host.mib
         flags = seg.flags
-        payload = seg.payload
-        seg_len = len(payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
         state = self.state
-        self.last_rcv_time = host.now
 
         if not skip_checks:
-            # Step 1: sequence number check (tcp_validate_incoming / tcp_sequence)
-            if not self._acceptable(seg, seg_len):
-                if not flags & RST:
-                    if state == S.SYN_RECV and flags & SYN and seg.seq == self.irs:
-                        # retransmitted SYN: retransmit our SYN-ACK (tcp_check_req)
-                        self._emit(SYN | ACK, self.iss, syn_options=True)
-                        return
-                    self._send_dupack()
-                return
-            # Step 2: RST (RFC 5961 §3.2: exact match resets, in-window gets a challenge ACK)
-            if flags & RST:
-                if seg.seq == self.rcv_nxt or (state == S.SYN_RECV and
-                                               seg.seq == self.rcv_nxt):
-                    self._on_reset()
-                else:
-                    self._challenge_ack()
-                return
-            # Step 4: SYN in a synchronized state (RFC 5961 §4)
-            if flags & SYN:
-                if state == S.SYN_RECV and seg.seq == self.irs and not flags & ACK:
-                    self._emit(SYN | ACK, self.iss, syn_options=True)
-                    return
-                mib["TcpExtTCPSYNChallenge"] += 1
-                self._challenge_ack()
+            if not flags & (ACK | RST | SYN):
+                return  # Linux drops segments with none of ACK, RST, SYN before any check
+            if not self._validate_incoming(seg):
                 return
             # Step 5: the ACK field
             if not flags & ACK:
                 return
-            if self.ts_ok and seg.has_ts:
-                self._update_ts_recent(seg)
             if state == S.SYN_RECV:
-                if _before(seg.ack, self.snd_una) or _after(seg.ack, self.snd_max) \
-                        or seg.ack == self.snd_una:
-                    host.send_reset_for(seg)
+                if not self._synrecv_ack(seg):
                     return
-                self.snd_wnd = seg.window << self.snd_wscale
-                self.max_window = max(self.max_window, self.snd_wnd)
-                self.snd_wl1 = seg.seq
-                self.snd_wl2 = seg.ack
-                self._ack_advance(seg.ack)
-                if self.retransmits == 0:
-                    self._rtt_sample(host.now - self.created)
-                self.retransmits = 0
-                self.backoff = 0
-                self.t_rto = NEVER
-                if self.fin_queued and self.snd_max == self.fin_seq + 1 and \
-                        self.snd_una == self.snd_max:
-                    self._set_state(S.FIN_WAIT_2)
-                elif self.fin_queued:
-                    self._set_state(S.FIN_WAIT_1)
-                else:
-                    self._set_state(S.ESTABLISHED)
-                host.mib["TcpPassiveOpens"] += 1
-                self._notify |= 1
-                if self.listener is not None:
-                    host.child_established(self)
-                state = self.state
             elif not self._process_ack(seg):
                 return
             state = self.state
             if state == S.CLOSED:
                 return
 
-        # Step 7: segment text (tcp_data_queue)
-        if payload:
-            if state in S.RECEIVING:
-                if self.rcv_shutdown and state != S.ESTABLISHED and \
-                        _after((seg.seq + len(payload)) & M32, self.rcv_nxt):
-                    # Linux tcp_rcv_state_process, FIN-WAIT-1/2 with RCV_SHUTDOWN: RFC 1122
-                    # says reset; the RST answers the segment (tcp_v4_send_reset).
-                    mib["TcpExtTCPAbortOnData"] += 1
-                    host.send_reset_for(seg)
-                    self._destroy(ConnectionResetError(104, "Connection reset by peer"))
+        # Step 7: segment text (tcp_rcv_state_process step 7, then tcp_data_queue)
+        payload = seg.payload
+        fin = 1 if flags & FIN else 0
+        if payload or fin:
+            if state in (S.CLOSE_WAIT, S.CLOSING, S.LAST_ACK) and \
+                    not _before(seg.seq, self.rcv_nxt):
+                pass  # text after the peer's FIN is ignored
+            elif state != S.ESTABLISHED and state != S.SYN_RECV and self.rcv_shutdown and \
+                    _after((seg.seq + len(payload)) & M32, self.rcv_nxt):
+                # FIN-WAIT-1/2 (and, falling through, CLOSE-WAIT...) with RCV_SHUTDOWN: new data
+                # after close() -> reset; RFC 1122 says so.  The RST answers the segment.
+                mib["TcpExtTCPAbortOnData"] += 1
+                host.send_reset_for(seg)
+                self._destroy(ConnectionResetError(104, "Connection reset by peer"))
+                return
+            else:
+                self._data_queue(seg)
+                if self.state == S.CLOSED:
                     return
-                self._data(seg)
-            # other states: text after the peer's FIN is ignored (RFC 9293 §3.10.7.4)
-        # Step 8: FIN
-        if flags & FIN:
-            self._fin(seg)
-        elif payload and self.state != S.CLOSED:
+        if self.state not in (S.CLOSED, S.TIME_WAIT):
+            self._output()
             self._ack_snd_check()
 
-    def _send_dupack(self) -> None:
-        """Linux tcp_send_dupack: an unacceptable segment is answered with an ACK."""
+    def _validate_incoming(self, seg: Any) -> bool:
+        """Linux tcp_validate_incoming: PAWS, the sequence check, RST and SYN (RFC 5961)."""
+        host = self.host
+        mib = host.mib
+        flags = seg.flags
+        state = self.state
+        # PAWS (RFC 7323 §5; tcp_paws_discard)
+        if self.ts_ok and seg.has_ts and self._paws_discard(seg):
+            if not flags & RST:
+                if flags & SYN:
+                    return self._syn_challenge()
+                mib["TcpExtPAWSEstab"] += 1
+                if not self._oow_rate_limited(seg, "TcpExtTCPACKSkippedPAWS"):
+                    self._send_dupack(seg)
+                return False
+        # Step 1: sequence number check (tcp_sequence)
+        seg_len = len(seg.payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+        if not self._acceptable(seg, seg_len):
+            if not flags & RST:
+                if state == S.SYN_RECV and flags & SYN and seg.seq == self.irs:
+                    # a retransmitted SYN: send the SYN-ACK again (tcp_check_req)
+                    self._emit(SYN | ACK, self.iss, syn_options=True)
+                    return False
+                if flags & SYN:
+                    return self._syn_challenge()
+                mib["TcpExtBeyondWindow"] += 1
+                if not self._oow_rate_limited(seg, "TcpExtTCPACKSkippedSeq"):
+                    self._send_dupack(seg)
+            elif self._reset_check(seg):
+                self._on_reset()
+            return False
+        # Step 2: RST.  RFC 5961 §3.2: exact match (or rcv_nxt-1 after the peer's FIN) resets;
+        # anything else in the window draws a challenge ACK.
+        if flags & RST:
+            if seg.seq == self.rcv_nxt or self._reset_check(seg):
+                self._on_reset()
+            elif state == S.SYN_RECV:
+                pass
+            else:
+                self._challenge_ack()
+            return False
+        # Step 4: SYN in a synchronized state (RFC 5961 §4)
+        if flags & SYN:
+            if state == S.SYN_RECV and seg.seq == self.irs and not flags & ACK:
+                self._emit(SYN | ACK, self.iss, syn_options=True)
+                return False
+            return self._syn_challenge()
+        return True
+
+    def _syn_challenge(self) -> bool:
+        mib = self.host.mib
+        if self.state == S.ESTABLISHED:
+            mib["TcpInErrs"] += 1  # syn_inerr: tcp_rcv_established passes it
+        mib["TcpExtTCPSYNChallenge"] += 1
+        self._challenge_ack()
+        return False
+
+    def _reset_check(self, seg: Any) -> bool:
+        """Linux tcp_reset_check: after the peer's FIN, a RST at rcv_nxt - 1 is exact too."""
+        return seg.seq == ((self.rcv_nxt - 1) & M32) and \
+            self.state in (S.CLOSE_WAIT, S.LAST_ACK, S.CLOSING)
+
+    def _paws_discard(self, seg: Any) -> bool:
+        """Linux tcp_paws_discard: TSval older than ts_recent (window 1), unless the segment is
+        a reordered pure ACK (tcp_disordered_ack)."""
+        if paws_check(self.ts_recent, self.ts_recent_stamp, seg.ts_val, self.host.now, 1):
+            return False
+        # tcp_disordered_ack: a pure duplicate ACK that changes nothing may be late, not old
+        if seg.flags == ACK and not seg.payload and seg.seq == self.rcv_nxt and \
+                seg.ack == self.snd_una and (seg.window << self.snd_wscale) == self.snd_wnd and \
+                ((self.ts_recent - seg.ts_val) & M32) <= max(self.rto, 1) * 1:
+            return False
+        return True
+
+    def _oow_rate_limited(self, seg: Any, mib_name: str) -> bool:
+        """Linux tcp_oow_rate_limited: one out-of-window ACK per tcp_invalid_ratelimit ms per
+        socket; data segments without SYN are never limited."""
+        if seg is not None and seg.payload and not seg.flags & SYN:
+            return False
+        return self._oow_limited(mib_name)
+
+    def _oow_limited(self, mib_name: str) -> bool:
+        host = self.host
+        limit = host.sysctl["net.ipv4.tcp_invalid_ratelimit"]
+        if self.last_oow_ack >= 0 and host.now - self.last_oow_ack < limit:
+            host.mib[mib_name] += 1
+            return True
+        self.last_oow_ack = host.now
+        return False
+
+    def _send_dupack(self, seg: Any) -> None:
+        """Linux tcp_send_dupack: an old duplicate gets a D-SACK and quick ACKs."""
+        end_seq = (seg.seq + len(seg.payload) + (1 if seg.flags & FIN else 0)) & M32
+        if end_seq != seg.seq and _before(seg.seq, self.rcv_nxt):
+            self.host.mib["TcpExtDelayedACKLost"] += 1
+            self._enter_quickack_mode()
+            if self.sack_ok and self.host.sysctl["net.ipv4.tcp_dsack"]:
+                self.dsack = (seg.seq, self.rcv_nxt if _after(end_seq, self.rcv_nxt) else end_seq)
         self.send_ack()
 
     def _challenge_ack(self) -> None:
-        """RFC 5961 challenge ACK (Linux tcp_send_challenge_ack; rate limits come with issue 5)."""
+        """RFC 5961 challenge ACK (Linux tcp_send_challenge_ack): per-socket rate limit first;
+        the host-wide limit is off while tcp_challenge_ack_limit is INT_MAX (the default)."""
+        if self._oow_limited("TcpExtTCPACKSkippedChallenge"):
+            return
         self.host.mib["TcpExtTCPChallengeACK"] += 1
         self.send_ack()
 
     def _on_reset(self) -> None:
         """RFC 9293 §3.10.7.4 step 2 / Linux tcp_reset."""
         state = self.state
-        mib = self.host.mib
         if state == S.SYN_RECV and self.listener is not None:
             # passive open not yet accepted: drop silently, the listener lives on
             self._destroy(None, notify=False)
             return
-        if state in (S.ESTABLISHED, S.CLOSE_WAIT):
-            mib["TcpEstabResets"] += 1
         if state == S.CLOSE_WAIT:
             exc: BaseException = BrokenPipeError(32, "Broken pipe")
         elif state == S.SYN_SENT:
@@ -713,6 +887,37 @@ class Connection:
         else:
             exc = ConnectionResetError(104, "Connection reset by peer")
         self._destroy(exc)
+
+    def _synrecv_ack(self, seg: Any) -> bool:
+        """The third segment of a passive open (Linux tcp_check_req + tcp_rcv_state_process)."""
+        host = self.host
+        if seg.ack != self.snd_max:
+            host.send_reset_for(seg)
+            return False
+        if self.ts_ok and seg.has_ts:
+            self._update_ts_recent(seg)
+        self.snd_wnd = seg.window << self.snd_wscale
+        self.max_window = max(self.max_window, self.snd_wnd)
+        self.snd_wl1 = seg.seq
+        self.snd_wl2 = seg.ack
+        self._ack_advance(seg.ack)
+        if self.ts_ok and seg.has_ts and seg.ts_ecr:
+            self._rtt_sample((host.now + self.ts_off - seg.ts_ecr) & M32)
+        elif self.retransmits == 0:
+            self._rtt_sample(host.now - self.syn_time)
+        self.retransmits = 0
+        self.backoff = 0
+        self.t_rto = NEVER
+        self.snd_sml = self.snd_una
+        if self.fin_queued:
+            self._set_state(S.FIN_WAIT_1)
+        else:
+            self._set_state(S.ESTABLISHED)
+        host.mib["TcpPassiveOpens"] += 1
+        self._notify |= 1
+        if self.listener is not None:
+            host.child_established(self)
+        return True
 
     def _update_ts_recent(self, seg: Any) -> None:
         """RFC 7323 §4.3 (Linux tcp_replace_ts_recent): only from a segment covering rcv_wup."""
@@ -725,12 +930,17 @@ class Connection:
         """Linux tcp_ack(): returns False when the segment must be dropped."""
         ack = seg.ack
         host = self.host
-        if _after(ack, self.snd_max):
-            # RFC 5961 §5.2: ACK for data we never sent
-            self._challenge_ack()
-            return False
         state = self.state
+        if _after(ack, self.snd_max):
+            # ACK for data we never sent: dropped; outside ESTABLISHED a challenge ACK
+            # (tcp_rcv_state_process, RFC 5961 §5.2)
+            if state != S.ESTABLISHED:
+                self._challenge_ack()
+            return False
         if _before(ack, self.snd_una):
+            if _before(ack, (self.snd_una - self.max_window) & M32):
+                self._challenge_ack()  # too old to be a duplicate (tcp_ack, RFC 5961 §5.2)
+                return False
             # old duplicate ACK: ignore the ACK, keep the text
             return True
         # window update (RFC 9293 §3.10.7.4, SND.WL1/SND.WL2 rule)
@@ -758,16 +968,20 @@ class Connection:
                 self._output()
             return True
         acked = (ack - self.snd_una) & M32
-        # RTT measurement (RFC 7323 §4.1 with TS, else Karn's algorithm)
+        # RTT measurement (RFC 7323 §4.1 with TS, else Karn's algorithm); a valid sample
+        # ends the backoff (tcp_ack_update_rtt)
         if self.ts_ok and seg.has_ts and seg.ts_ecr:
             self._rtt_sample((host.now + self.ts_off - seg.ts_ecr) & M32)
+            self.backoff = 0
         elif self.rtt_seq >= 0 and _after(ack, self.rtt_seq):
             self._rtt_sample(host.now - self.rtt_time)
             self.rtt_seq = -1
+            self.backoff = 0
         self._ack_advance(ack)
         self.retransmits = 0
-        self.backoff = 0
         self.probes = 0
+        if self.tlp_high_seq >= 0 and not _before(ack, self.tlp_high_seq):
+            self.tlp_high_seq = -1  # tcp_process_tlp_ack: the probe episode is over
         # congestion control: NewReno (RFC 6582 / RFC 5681)
         mss = self._effective_mss()
         if self.in_recovery:
@@ -782,7 +996,10 @@ class Connection:
         else:
             self._cwnd_cnt_add(acked, mss)
         self.dupacks = 0
-        self._rearm_rto()
+        # Linux tcp_set_xmit_timer: a loss probe if one may be scheduled, else the RTO
+        self.rto_kind = "rto"
+        if not self._schedule_loss_probe(True):
+            self._rearm_rto()
         # our FIN acknowledged?
         if self.fin_queued and self.snd_una == (self.fin_seq + 1) & M32:
             if state == S.FIN_WAIT_1:
@@ -876,86 +1093,153 @@ class Connection:
         self.rtt_seq = -1
 
     # ------------------------------------------------------------------ receive text
-    def _data(self, seg: Any) -> None:
-        """Linux tcp_data_queue: in-order text to the receive queue, the rest out of order."""
+    def _data_queue(self, seg: Any) -> None:
+        """Linux tcp_data_queue: in-order text (and FIN) to the socket, old duplicates get a
+        D-SACK and an immediate ACK, text beyond a hole to the out-of-order queue."""
         seq = seg.seq
         payload = seg.payload
+        fin = 1 if seg.flags & FIN else 0
+        end_seq = (seq + len(payload) + fin) & M32
         rcv_nxt = self.rcv_nxt
-        if seq != rcv_nxt:
-            off = (rcv_nxt - seq) & M32
-            if off < 0x80000000:
-                if off >= len(payload):
-                    # entirely old: a duplicate (tcp_data_queue "retransmit" path): ACK at once
-                    self._enter_quickack()
-                    self.ack_pending = True
-                    return
-                payload = payload[off:]
-                seq = rcv_nxt
-            else:
-                self._queue_ooo(seq, payload)
+        if seq == rcv_nxt:
+            if payload and self._rcv_window_now() == 0:
+                self._out_of_window()
                 return
+            self._queue_in_order(payload, fin, seg)
+            return
+        if not _after(end_seq, rcv_nxt):
+            # a retransmission of what we have: D-SACK it and ACK at once
+            self.host.mib["TcpExtDelayedACKLost"] += 1
+            if self.sack_ok and self.host.sysctl["net.ipv4.tcp_dsack"]:
+                self.dsack = (seq, end_seq)
+            self._out_of_window()
+            return
+        if not _before(seq, (rcv_nxt + self._rcv_window_now()) & M32):
+            self._out_of_window()  # beyond the window
+            return
+        if _before(seq, rcv_nxt):
+            # partial overlap: D-SACK the old part, keep the new
+            if self.sack_ok and self.host.sysctl["net.ipv4.tcp_dsack"]:
+                self.dsack = (seq, rcv_nxt)
+            if self._rcv_window_now() == 0:
+                self._out_of_window()
+                return
+            self._queue_in_order(payload[(rcv_nxt - seq) & M32:], fin, seg)
+            return
+        self._queue_ooo(seq, payload, fin)
+
+    def _out_of_window(self) -> None:
+        self._enter_quickack_mode()
+        self.ack_pending = True
+
+    def _queue_in_order(self, payload: bytes, fin: int, seg: Any) -> None:
         win = self._rcv_window_now()
-        if len(payload) > win and win >= 0:
-            payload = payload[:max(win, 0)] if win else payload[:0]
-            if not payload:
-                self.ack_pending = True
-                return
-        self.rcv_buf += payload
-        self.rcv_nxt = (rcv_nxt + len(payload)) & M32
+        if len(payload) > win:
+            payload = payload[:win]  # Linux queues what fits; the rest comes again
+            fin = 0
+        if payload:
+            self.rcv_buf += payload
+            self.rcv_nxt = (self.rcv_nxt + len(payload)) & M32
+            self._event_data_recv(seg, len(payload))
+            self._notify |= 2
+        if fin:
+            self._fin()
         if self.ooo:
             self._drain_ooo()
-        self._event_data_recv(len(payload))
-        self._notify |= 2
+            if not self.ooo:
+                self.ack_now = True  # RFC 5681 §4.2: ACK at once when a hole is filled
 
-    def _queue_ooo(self, seq: int, payload: bytes) -> None:
+    def _queue_ooo(self, seq: int, payload: bytes, fin: int) -> None:
+        """Linux tcp_data_queue_ofo (without coalescing tricks): keep it, SACK it, ACK now."""
+        mib = self.host.mib
         limit = self.rcvbuf - len(self.rcv_buf)
         if self.ooo_bytes + len(payload) > limit:
-            self.host.mib["TcpExtTCPOFODrop"] += 1
+            mib["TcpExtTCPOFODrop"] += 1
             return
-        self.host.mib["TcpExtTCPOFOQueue"] += 1
+        mib["TcpExtTCPOFOQueue"] += 1
         ooo = self.ooo
         base = self.rcv_nxt
         rel = (seq - base) & M32
         i = len(ooo)
         while i > 0 and ((ooo[i - 1][0] - base) & M32) > rel:
             i -= 1
-        if i > 0 and ooo[i - 1][0] == seq and len(ooo[i - 1][1]) >= len(payload):
-            self._enter_quickack()
-            self.ack_pending = True
-            return
-        ooo.insert(i, (seq, payload))
-        self.ooo_bytes += len(payload)
-        self._enter_quickack()
+        if not (i > 0 and ooo[i - 1][0] == seq and len(ooo[i - 1][1]) >= len(payload)
+                and ooo[i - 1][2] >= fin):
+            ooo.insert(i, (seq, payload, fin))
+            self.ooo_bytes += len(payload)
         self.ack_pending = True
 
     def _drain_ooo(self) -> None:
+        """Linux tcp_ofo_queue: move what the hole-filling text made contiguous."""
         ooo = self.ooo
-        while ooo:
-            seq, data = ooo[0]
+        while ooo and self.state != S.CLOSED:
+            seq, data, fin = ooo[0]
             off = (self.rcv_nxt - seq) & M32
             if off > 0x7FFFFFFF:
                 break  # still a hole
             ooo.pop(0)
             self.ooo_bytes -= len(data)
-            if off < len(data):
+            end = (seq + len(data)) & M32
+            if _after(end, self.rcv_nxt):
                 chunk = data[off:]
                 self.rcv_buf += chunk
-                self.rcv_nxt = (self.rcv_nxt + len(chunk)) & M32
-        self._enter_quickack()
+                self.rcv_nxt = end
+                self._notify |= 2
+            if fin and self.rcv_nxt == end:
+                self._fin()
+                break
 
-    def _event_data_recv(self, n: int) -> None:
-        """Linux tcp_event_data_recv + tcp_grow_window (simplified): ACK clocking and window."""
-        if self.quickack == 0 and not self.pingpong and self.last_snd_data_time == 0 \
-                and self.rcv_nxt == (self.irs + 1 + n) & M32:
-            self._enter_quickack()
+    def _measure_rcv_mss(self, seg: Any, n: int) -> None:
+        """Linux tcp_measure_rcv_mss: learn the peer's segment size; note small pushes."""
+        if n >= self.rcv_mss:
+            self.rcv_mss = min(n, self.advmss)
+            return
+        full = n + seg.data_offset
+        hdr = 20 + (TS_OPT_LEN if self.ts_ok else 0)
+        lss = self.last_seg_size
+        self.last_seg_size = 0
+        if full >= 536 + 20 or (full >= 88 + 20 and not seg.flags & (FIN | SYN | PSH | 0x20)):
+            self.last_seg_size = full - hdr
+            if self.last_seg_size == lss:
+                self.rcv_mss = lss
+                return
+        self.ack_pushed = 2 if self.ack_pushed else 1
+
+    def _event_data_recv(self, seg: Any, n: int) -> None:
+        """Linux tcp_event_data_recv: the delayed-ACK engine's clock (ato) and window growth."""
         self.ack_pending = True
-        if n >= self.rcv_mss // 2 and self.rcv_ssthresh < self.rcvbuf // 2:
+        self._measure_rcv_mss(seg, n)
+        now = self.host.now
+        if self.ato == 0:
+            # the first data ever received: start in quick-ACK mode
+            self._incr_quickack(TCP_MAX_QUICKACKS)
+            self.ato = TCP_ATO_MIN
+        else:
+            m = now - self.lrcvtime
+            if m <= TCP_ATO_MIN // 2:
+                self.ato = (self.ato >> 1) + TCP_ATO_MIN // 2
+            elif m < self.ato:
+                self.ato = min((self.ato >> 1) + m, self.rto)
+            elif m > self.rto:
+                self._incr_quickack(TCP_MAX_QUICKACKS)
+        self.lrcvtime = now
+        if n >= 128 and self.rcv_ssthresh < self.rcvbuf // 2:
             self.rcv_ssthresh = min(self.rcv_ssthresh + 2 * self.rcv_mss, self.rcvbuf // 2)
 
-    def _enter_quickack(self) -> None:
+    def _incr_quickack(self, max_quickacks: int) -> None:
+        """Linux tcp_incr_quickack: only ever raises the count."""
         q = self.rcv_wnd // (2 * max(self.rcv_mss, 1))
-        self.quickack = max(2, min(q, TCP_MAX_QUICKACKS))
+        if q == 0:
+            q = 2
+        q = min(q, max_quickacks)
+        if q > self.quickack:
+            self.quickack = q
+
+    def _enter_quickack_mode(self) -> None:
+        """Linux tcp_enter_quickack_mode."""
+        self._incr_quickack(TCP_MAX_QUICKACKS)
         self.pingpong = False
+        self.ato = TCP_ATO_MIN
 
     def _ack_snd_check(self) -> None:
         """Linux __tcp_ack_snd_check: ACK now, or let the delayed-ACK timer do it."""
@@ -963,42 +1247,47 @@ class Connection:
             return
         unacked = (self.rcv_nxt - self.rcv_wup) & M32
         if (unacked > self.rcv_mss and self._select_window() >= self.rcv_wnd) \
-                or (self.quickack and not self.pingpong) or self.ooo:
+                or (self.quickack and not self.pingpong) or self.ack_now or self.ooo:
+            # (out-of-order text: Linux sends the first three duplicate ACKs at once and then
+            # compresses SACKs by about 1 ms; ustack sends them all at once)
             self.send_ack()
             return
-        self._schedule_delack()
+        self._send_delayed_ack()
 
-    def _schedule_delack(self) -> None:
-        if self.t_delack == NEVER:
-            self.t_delack = self.host.now + TCP_ATO_MIN
+    def _send_delayed_ack(self) -> None:
+        """Linux tcp_send_delayed_ack: the timeout is ato, bounded by the RTT and mode."""
+        ato = self.ato
+        if ato > TCP_ATO_MIN:
+            max_ato = 500
+            if self.pingpong or self.ack_pushed:
+                max_ato = TCP_DELACK_MAX
+            if self.srtt:
+                max_ato = min(max_ato, max(self.srtt, TCP_ATO_MIN))
+            ato = min(ato, max_ato)
+        ato = min(ato, TCP_DELACK_MAX)
+        now = self.host.now
+        timeout = now + max(ato, 1)  # a zero ato still waits for the next tick
+        if self.t_delack != NEVER:
+            if self.t_delack <= now + (ato >> 2):
+                self.send_ack()  # the timer is about to fire anyway
+                return
+            if timeout >= self.t_delack:
+                timeout = self.t_delack
+        self.t_delack = timeout
 
-    def _fin(self, seg: Any) -> None:
-        """Linux tcp_fin: the peer's FIN, once everything before it has arrived."""
-        fin_seq = (seg.seq + len(seg.payload)) & M32
+    def _fin(self) -> None:
+        """Linux tcp_fin: the peer's FIN, in order."""
         state = self.state
-        if fin_seq != self.rcv_nxt:
-            # FIN beyond a hole: keep it for later (RFC 9293 says wait; we simply ACK what we have)
-            if _after(fin_seq, self.rcv_nxt):
-                self._enter_quickack()
-                self.ack_pending = True
-                self._ack_snd_check()
-            return
-        if state not in S.RECEIVING and state != S.SYN_RECV:
-            # A retransmitted FIN in CLOSE-WAIT/CLOSING/LAST-ACK: ACK it (RFC 9293 step 8)
-            self.send_ack()
-            return
         self.rcv_nxt = (self.rcv_nxt + 1) & M32
         self.rcv_fin = True
         self._notify |= 2
+        self.ack_pending = True
         self.ooo.clear()
         self.ooo_bytes = 0
         if state in (S.ESTABLISHED, S.SYN_RECV):
-            # Linux enters pingpong (delayed ACK) so a quick close() sends FIN with the ACK
+            # CLOSE-WAIT, in pingpong mode: the ACK waits, so a quick close() sends FIN with it
             self._set_state(S.CLOSE_WAIT)
             self.pingpong = True
-            self.quickack = 0
-            self.ack_pending = True
-            self._schedule_delack()
         elif state == S.FIN_WAIT_1:
             # simultaneous close: our FIN not yet acknowledged (RFC 9293 §3.6 case 2)
             self.send_ack()
@@ -1016,7 +1305,7 @@ class Connection:
             return 0
         return len(self.sndq) - sent
 
-    def _output(self, force_one: bool = False) -> None:
+    def _output(self, force_one: bool = False, probe: bool = False) -> None:
         """Send what the windows allow (Linux tcp_write_xmit, with Nagle's rule)."""
         state = self.state
         if state not in (S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_1, S.CLOSING, S.LAST_ACK):
@@ -1048,7 +1337,8 @@ class Connection:
                     self._arm_persist()
                 break
             if n < mss and not self.nodelay and not self.fin_queued and not force_one \
-                    and _after(self.snd_sml, self.snd_una):
+                    and in_flight and _after(self.snd_sml, self.snd_una) \
+                    and not _after(self.snd_sml, self.snd_nxt):
                 break  # Nagle with Minshall's rule (tcp_minshall_check): one small segment
                 #        in flight at most
             flags = ACK
@@ -1062,8 +1352,8 @@ class Connection:
             if n < mss:
                 self.snd_sml = self.snd_nxt
             self.last_snd_data_time = host.now
-            if (host.now - self.last_rcv_time) < TCP_ATO_MIN:
-                self.pingpong = True  # Linux tcp_event_data_sent: interactive exchange
+            if (host.now - self.lrcvtime) < self.ato:
+                self.pingpong = True  # Linux tcp_event_data_sent: a reply within ato
             sent_any = True
             if self.rtt_seq < 0 and not self.retransmits and not _before(seq, self.snd_max):
                 self.rtt_seq = seq
@@ -1072,8 +1362,11 @@ class Connection:
                 self.snd_max = self.snd_nxt
             if force_one:
                 break
-        if sent_any and self.t_rto == NEVER:
-            self._rearm_rto()
+        if sent_any and not probe:
+            if self.t_rto == NEVER:
+                self._rearm_rto()
+            if not self.retransmits:
+                self._schedule_loss_probe(False)
 
     def _arm_persist(self) -> None:
         if self.misc_kind != "persist":
@@ -1111,15 +1404,26 @@ class Connection:
         else:
             data = bytes(buf[:n])
             del buf[:n]
-        if data and self.state in S.RECEIVING:
-            self._window_update_check()
+        if data and self.state not in (S.CLOSED, S.LISTEN, S.SYN_SENT):
+            self._cleanup_rbuf(len(data))
         return data
 
-    def _window_update_check(self) -> None:
-        """Linux tcp_cleanup_rbuf: announce a window that grew a lot since we last spoke."""
-        cur = self._rcv_window_now()
-        new = self._select_window()
-        if new >= 2 * cur and new - cur >= self.rcv_mss or (cur < self.rcv_mss <= new):
+    def _cleanup_rbuf(self, copied: int) -> None:
+        """Linux tcp_cleanup_rbuf: after a read, ACK a pending small push that emptied the
+        buffer, or announce a window that at least doubled."""
+        time_to_ack = False
+        if self.ack_pending:
+            if ((self.rcv_nxt - self.rcv_wup) & M32) > self.rcv_mss or (
+                    (self.ack_pushed == 2 or (self.ack_pushed and not self.pingpong))
+                    and not self.rcv_buf):
+                time_to_ack = True
+        if not time_to_ack and not self.rcv_fin and not self.rcv_shutdown:
+            cur = self._rcv_window_now()
+            if 2 * cur <= self.window_clamp:
+                new = self._select_window()
+                if new and new >= 2 * cur:
+                    time_to_ack = True
+        if time_to_ack:
             self.send_ack()
             self._arm()
 
@@ -1185,8 +1489,11 @@ class Connection:
             return
         if self.linger == 0:
             # SO_LINGER {on, 0}: abortive close (Linux tcp_disconnect), counted as AbortOnData.
+            # The RST goes out where tcp_need_reset says, or in CLOSING/LAST-ACK with data
+            # never sent.
             mib["TcpExtTCPAbortOnData"] += 1
-            if state not in (S.SYN_RECV,) and state not in (S.TIME_WAIT,):
+            if state in (S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_1, S.FIN_WAIT_2,
+                         S.SYN_RECV) or (state in (S.CLOSING, S.LAST_ACK) and self._unsent()):
                 self._send_rst()
             self._destroy(None, notify=False)
             return
@@ -1207,8 +1514,6 @@ class Connection:
             return
         if state not in (S.SYN_SENT, S.LISTEN):
             self._send_rst()
-        if state in (S.ESTABLISHED, S.CLOSE_WAIT):
-            self.host.mib["TcpEstabResets"] += 1
         self.user = NULL_USER
         self._destroy(None, notify=False)
 

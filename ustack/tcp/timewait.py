@@ -100,6 +100,9 @@ class TimeWaitTable:
         tw = TimeWait(conn, substate, host.now)
         self.records[tw.key] = tw
         tw.timer = host.wheel.schedule(host.now + lifetime_ms, tw)
+        # Linux __inet_twsk_schedule counts on the first arming: TWKilled for a lifetime of at
+        # most 4 s, TW otherwise (nstat shows the record as soon as it exists).
+        host.mib["TcpExtTWKilled" if lifetime_ms <= 4000 else "TcpExtTW"] += 1
         return tw
 
     def reschedule(self, tw: TimeWait, lifetime_ms: int) -> None:
@@ -116,7 +119,6 @@ class TimeWaitTable:
         """The timer ran out (tw_timer_handler): the record vanishes silently."""
         if self.records.get(tw.key) is tw:
             del self.records[tw.key]
-            self.host.mib["TcpExtTW"] += 1  # LINUX_MIB_TIMEWAITED, counted in tw_timer_handler
 
     # -------------------------------------------------------------- the rules
     def _oow_rate_limited(self, tw: TimeWait, seg: Any, mib_name: str) -> bool:
@@ -147,10 +149,10 @@ class TimeWaitTable:
         seq = seg.seq
         end_seq = (seq + len(seg.payload) + (1 if flags & SYN else 0)
                    + (1 if flags & FIN else 0)) & M32
-        paws = False
-        if seg.has_ts and tw.ts_recent_stamp:
-            paws = paws_reject(tw.ts_recent, tw.ts_recent_stamp, seg.ts_val, now,
-                               bool(flags & RST))
+        # Linux parses the timestamp option only when the record has a timestamp stamp
+        saw_tstamp = seg.has_ts and tw.ts_recent_stamp != 0
+        paws = saw_tstamp and paws_reject(tw.ts_recent, tw.ts_recent_stamp, seg.ts_val, now,
+                                          bool(flags & RST))
 
         if tw.substate == S.FIN_WAIT_2:
             # Repeat the checks of tcp_rcv_state_process for a half-closed orphan.
@@ -169,7 +171,7 @@ class TimeWaitTable:
             # the FIN: enter true TIME-WAIT
             tw.substate = S.TIME_WAIT
             tw.rcv_nxt = end_seq
-            if seg.has_ts:
+            if saw_tstamp:
                 tw.ts_recent_stamp = now
                 tw.ts_recent = seg.ts_val
             self.reschedule(tw, self.timewait_len())
@@ -184,7 +186,7 @@ class TimeWaitTable:
                     return TW_SUCCESS
             else:
                 self.reschedule(tw, self.timewait_len())
-            if seg.has_ts:
+            if saw_tstamp:
                 tw.ts_recent = seg.ts_val
                 tw.ts_recent_stamp = now
             return TW_SUCCESS
@@ -193,12 +195,12 @@ class TimeWaitTable:
         # RFC 9293 Appendix B without).
         if flags & SYN and not flags & RST and not flags & ACK and not paws and (
                 _after(seq, tw.rcv_nxt) or
-                (seg.has_ts and ((tw.ts_recent - seg.ts_val) & M32) > 0x7FFFFFFF)):
+                (saw_tstamp and ((tw.ts_recent - seg.ts_val) & M32) > 0x7FFFFFFF)):
             isn = (tw.snd_nxt + 65535 + 2) & M32
             tw.syn_isn = isn or 1
             return TW_SYN
         if paws:
-            host.mib["TcpExtPAWSEstab"] += 1
+            host.mib["TcpExtPAWSTimewait"] += 1  # LINUX_MIB_PAWS_TW_REJECTED
         if not flags & RST:
             # Restart the clock for ACKs and PAWS failures, not for a bare SYN below rcv_nxt
             # (which may be an old duplicate or a new SYN with a random ISN).
