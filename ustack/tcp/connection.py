@@ -497,10 +497,11 @@ class Connection:
             self._destroy(TimeoutError(110, "Connection timed out"))
             return
         self.retransmits += 1
-        self.total_retrans += 1
         self.total_rto += 1
-        mib["TcpRetransSegs"] += 1
         mib["TcpExtTCPTimeouts"] += 1
+        if state in (S.SYN_SENT, S.SYN_RECV):
+            mib["TcpRetransSegs"] += 1
+            self.total_retrans += 1
         if state == S.SYN_SENT:
             mib["TcpExtTCPSynRetrans"] += 1
             self._emit(SYN, self.iss, syn_options=True)
@@ -1321,6 +1322,9 @@ class Connection:
             if avail <= 0:
                 if self.fin_queued and seq == self.fin_seq:
                     self._emit(FIN | ACK, seq)  # FIN after the queued data
+                    if _before(seq, self.snd_max):
+                        host.mib["TcpRetransSegs"] += 1
+                        self.total_retrans += 1
                     self.snd_nxt = (seq + 1) & M32
                     self.sent_times.append((self.snd_nxt, host.now))
                     sent_any = True
@@ -1347,6 +1351,9 @@ class Connection:
                 if self.fin_queued and ((seq + n) & M32) == self.fin_seq:
                     flags |= FIN  # FIN rides on the last data segment
             self._emit(flags, seq, bytes(sndq[offset:offset + n]))
+            if _before(seq, self.snd_max):
+                host.mib["TcpRetransSegs"] += 1  # resent after an RTO (go-back-N)
+                self.total_retrans += 1
             self.snd_nxt = (seq + n + (1 if flags & FIN else 0)) & M32
             self.sent_times.append((self.snd_nxt, host.now))
             if n < mss:

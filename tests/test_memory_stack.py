@@ -1,0 +1,121 @@
+"""Two ustack stacks joined in memory, through the asyncio API (no root needed)."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+
+from ustack import Stack
+from ustack.aio import run_until
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+def test_echo_over_memory_wire(run):
+    async def main():
+        a, b, wire = Stack.memory_pair()
+        async with a, b:
+            await b.start_server(echo, port=7)
+            reader, writer = await a.open_connection("198.18.0.2", 7)
+            payload = os.urandom(1_000_000)
+            writer.write(payload)
+            await writer.drain()
+            writer.write_eof()
+            got = await reader.read(-1)
+            assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+            writer.close()
+            await writer.wait_closed()
+            # b closed after a's FIN: b went LAST-ACK -> CLOSED; a sent the first FIN
+            assert await run_until(lambda: [c.state for c in a.connections()] == ["TIME-WAIT"])
+            assert await run_until(lambda: [c.state for c in b.connections()] == ["LISTEN"])
+    run(main())
+
+
+def test_transfer_survives_loss(run):
+    """Drop every 7th data packet in one direction: retransmission (TLP, fast retransmit,
+    RTO) must deliver every byte in order."""
+    async def main():
+        a, b, wire = Stack.memory_pair()
+        count = {"n": 0, "dropped": 0}
+
+        def lossy(direction: str, packet: bytes) -> bool:
+            if direction != "a->b" or len(packet) < 200:
+                return False
+            count["n"] += 1
+            if count["n"] % 7 == 0:
+                count["dropped"] += 1
+                return True
+            return False
+        wire.drop_if(lossy)
+        async with a, b:
+            await b.start_server(echo, port=7)
+            reader, writer = await a.open_connection("198.18.0.2", 7)
+            payload = os.urandom(300_000)
+            writer.write(payload)
+            writer.write_eof()
+            got = await asyncio.wait_for(reader.read(-1), 60)
+            assert got == payload
+            assert count["dropped"] > 10
+            assert a.counters["TcpRetransSegs"] >= count["dropped"]
+    run(main())
+
+
+def test_api_misuse_raises_clear_errors(run):
+    async def main():
+        a, b, wire = Stack.memory_pair()
+        with pytest.raises(RuntimeError, match="not running"):
+            await a.open_connection("198.18.0.2", 7)
+        async with a, b:
+            with pytest.raises(ValueError, match="IPv4 address"):
+                await a.open_connection("example.com", 7)
+            with pytest.raises(ValueError, match="port"):
+                await a.open_connection("198.18.0.2", 70000)
+            with pytest.raises(KeyError, match="no such sysctl"):
+                a.sysctl["net.ipv4.tcp_no_such_thing"] = 1
+            with pytest.raises(ValueError, match="between"):
+                a.sysctl["net.ipv4.tcp_fin_timeout"] = -5
+            server = await b.start_server(echo, port=7)
+            with pytest.raises(OSError, match="already listens"):
+                await b.start_server(echo, port=7)
+            server.close()
+            with pytest.raises(ConnectionRefusedError):
+                await a.open_connection("198.18.0.2", 7)
+    run(main())
+
+
+def test_backpressure_pauses_writer(run):
+    """A peer that does not read: the window closes, write() buffers, drain() waits."""
+    async def main():
+        a, b, wire = Stack.memory_pair()
+        readers = []
+
+        async def sleeper(reader, writer):
+            readers.append((reader, writer))
+            await asyncio.sleep(3600)
+        async with a, b:
+            await b.start_server(sleeper, port=9)
+            reader, writer = await a.open_connection("198.18.0.2", 9)
+            await run_until(lambda: bool(readers))
+            readers[0][1].transport.pause_reading()
+            block = b"p" * 65536
+            drained = 0
+            for _ in range(200):
+                writer.write(block)
+                try:
+                    await asyncio.wait_for(writer.drain(), 0.2)
+                except asyncio.TimeoutError:
+                    break
+                drained += 1
+            assert drained < 200, "drain() never waited although nobody reads"
+            assert writer.transport.get_write_buffer_size() > 0
+            readers[0][1].transport.resume_reading()
+            await asyncio.wait_for(writer.drain(), 10)
+            writer.close()
+    run(main())
