@@ -652,30 +652,13 @@ class Connection:
                 return
             if not flags & SYN:
                 return
-            # SYN-ACK: the peer's options decide ours (RFC 7323 §2.2, §3.2; RFC 2018)
-            self.irs = seg.seq
-            self.rcv_nxt = self.rcv_wup = (seg.seq + 1) & M32
-            if seg.wscale >= 0 and self.wscale_ok:
-                self.snd_wscale = min(seg.wscale, MAX_WSCALE)
-            else:
-                self.wscale_ok = False
-                self.rcv_wscale = 0
-            self.sack_ok = self.sack_ok and seg.sack_ok
-            if self.ts_ok and seg.has_ts:
-                self.ts_recent = seg.ts_val
-                self.ts_recent_stamp = host.now
-            else:
-                self.ts_ok = False
-            self._set_peer_mss(seg.mss)
-            self.snd_wnd = seg.window
-            self.max_window = self.snd_wnd
-            self.snd_wl1 = seg.seq
+            self._take_peer_syn(seg)
             self.snd_wl2 = seg.ack
             self._ack_advance(seg.ack)
             if self.ts_ok and seg.ts_ecr:
                 self._rtt_sample((host.now + self.ts_off - seg.ts_ecr) & M32)
             elif self.retransmits == 0:
-                self._rtt_sample(host.now - self.created)
+                self._rtt_sample(host.now - self.syn_time)
             self.retransmits = 0
             self.backoff = 0
             self.t_rto = NEVER
@@ -690,24 +673,30 @@ class Connection:
             return
         if flags & SYN:
             # Simultaneous open (RFC 9293 §3.5 figure 8): SYN-SENT -> SYN-RECV, send SYN-ACK.
-            self.irs = seg.seq
-            self.rcv_nxt = self.rcv_wup = (seg.seq + 1) & M32
-            if not (seg.wscale >= 0 and self.wscale_ok):
-                self.wscale_ok = False
-                self.rcv_wscale = 0
-            else:
-                self.snd_wscale = min(seg.wscale, MAX_WSCALE)
-            self.sack_ok = self.sack_ok and seg.sack_ok
-            if self.ts_ok and seg.has_ts:
-                self.ts_recent = seg.ts_val
-                self.ts_recent_stamp = host.now
-            else:
-                self.ts_ok = False
-            self._set_peer_mss(seg.mss)
-            self.snd_wnd = seg.window
-            self.snd_wl1 = seg.seq
+            self._take_peer_syn(seg)
             self._set_state(S.SYN_RECV)
             self._emit(SYN | ACK, self.iss, syn_options=True)
+
+    def _take_peer_syn(self, seg: Any) -> None:
+        """The peer's SYN (or SYN-ACK) decides the options we use (RFC 7323 §2.2 and §3.2:
+        window scaling and timestamps only if both sides sent them; RFC 2018 for SACK)."""
+        self.irs = seg.seq
+        self.rcv_nxt = self.rcv_wup = (seg.seq + 1) & M32
+        if seg.wscale >= 0 and self.wscale_ok:
+            self.snd_wscale = min(seg.wscale, MAX_WSCALE)
+        else:
+            self.wscale_ok = False
+            self.rcv_wscale = 0
+        self.sack_ok = self.sack_ok and seg.sack_ok
+        if self.ts_ok and seg.has_ts:
+            self.ts_recent = seg.ts_val
+            self.ts_recent_stamp = self.host.now
+        else:
+            self.ts_ok = False
+        self._set_peer_mss(seg.mss)
+        self.snd_wnd = seg.window  # never scaled in a SYN
+        self.max_window = self.snd_wnd
+        self.snd_wl1 = seg.seq
 
     def _acceptable(self, seg: Any, seg_len: int) -> bool:
         """Linux tcp_sequence(): some of the segment lies in the window we offered."""
