@@ -13,6 +13,11 @@ def _need_root(what: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["drill"]:
+        # forwarded whole: the drill command parses its own options (--help included)
+        from ustack.drill.cli import main as drill_main
+        return drill_main(argv[1:])
     parser = argparse.ArgumentParser(prog="ustack", description="A userspace TCP/IP stack that "
                                      "ends connections exactly like Linux.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -23,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--megabytes", type=int, default=100,
                       help="size of the echo transfer in MB (default 100)")
     demo.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    drill = sub.add_parser("drill", add_help=False,
+                           help="run packetdrill scripts against ustack and/or Linux "
+                                "(ustack drill --help)")
+    drill.add_argument("drill_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "demo":
         _need_root("demo")
