@@ -29,6 +29,7 @@ NEVER = 1 << 62
 TCP_RTO_MIN = 200          # ms (Linux TCP_RTO_MIN)
 TCP_RTO_MAX = 120_000      # ms (Linux TCP_RTO_MAX)
 TCP_TIMEOUT_INIT = 1000    # ms (RFC 6298 initial RTO; Linux TCP_TIMEOUT_INIT)
+TCP_TIMEOUT_MIN = 2        # ms (Linux: 2 jiffies)
 TCP_ATO_MIN = 40           # ms (HZ/25: Linux's minimal delayed-ACK timeout)
 TCP_DELACK_MAX = 200       # ms
 TCP_MAX_QUICKACKS = 16
@@ -480,15 +481,18 @@ class Connection:
             limit = 1 << 30
             base = TCP_TIMEOUT_INIT
         elif state == S.SYN_RECV:
-            limit = sysctl["net.ipv4.tcp_synack_retries"]
+            # a request socket: tcp_synack_retries SYN-ACKs again, then it goes away
+            # (reqsk_timer_handler counts them)
+            if self.retransmits >= sysctl["net.ipv4.tcp_synack_retries"]:
+                self._destroy(None, notify=False)
+                return
+            limit = 1 << 30
             base = TCP_TIMEOUT_INIT
         else:
             limit = sysctl["net.ipv4.tcp_retries2"]
             if self.orphan:
                 limit = host.orphan_retries()
             base = TCP_RTO_MIN
-        if self.retransmits == 0:
-            self.retrans_stamp = self._head_time()
         if self.retransmits and host.now - self.retrans_stamp >= retransmits_timed_out(limit, base):
             if state == S.SYN_RECV:
                 self._destroy(None, notify=False)  # an embryonic connection just goes away
@@ -496,6 +500,10 @@ class Connection:
             mib["TcpExtTCPAbortOnTimeout"] += 1
             self._destroy(TimeoutError(110, "Connection timed out"))
             return
+        if self.retransmits == 0:
+            # Linux tcp_retransmit_skb stamps the first RTO retransmission (a loss probe
+            # does not): the retry limit counts from here
+            self.retrans_stamp = host.now
         self.retransmits += 1
         self.total_rto += 1
         mib["TcpExtTCPTimeouts"] += 1
@@ -645,6 +653,11 @@ class Connection:
             if not _after(seg.ack, self.iss) or _after(seg.ack, self.snd_max):
                 if not flags & RST:
                     host.send_reset_for(seg)
+                    # Linux tcp_rcv_synsent_state_process: retransmit the SYN almost at once
+                    # (TCP_TIMEOUT_MIN, 2 jiffies) so a stale peer state is cleared quickly
+                    if self.retransmits == 0:
+                        self.t_rto = host.now + TCP_TIMEOUT_MIN
+                        self.rto_kind = "rto"
                 return
             if flags & RST:
                 host.mib["TcpAttemptFails"] += 1
@@ -922,10 +935,9 @@ class Connection:
         host = self.host
         state = self.state
         if _after(ack, self.snd_max):
-            # ACK for data we never sent: dropped; outside ESTABLISHED a challenge ACK
-            # (tcp_rcv_state_process, RFC 5961 §5.2)
-            if state != S.ESTABLISHED:
-                self._challenge_ack()
+            # ACK for data we never sent: dropped with a challenge ACK (RFC 5961 §5.2; the
+            # kernel on the test machine answers it in ESTABLISHED too)
+            self._challenge_ack()
             return False
         if _before(ack, self.snd_una):
             if _before(ack, (self.snd_una - self.max_window) & M32):
@@ -1272,8 +1284,9 @@ class Connection:
         self.rcv_fin = True
         self._notify |= 2
         self.ack_pending = True
-        self.ooo.clear()
+        self.ooo.clear()  # out-of-order text after a FIN is dropped
         self.ooo_bytes = 0
+        self.dsack = None  # tcp_sack_reset: the ACK of a FIN carries no SACK blocks
         if state in (S.ESTABLISHED, S.SYN_RECV):
             # CLOSE-WAIT, in pingpong mode: the ACK waits, so a quick close() sends FIN with it
             self._set_state(S.CLOSE_WAIT)
