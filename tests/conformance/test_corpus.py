@@ -67,12 +67,14 @@ def linux_outcomes() -> dict[str, Outcome]:
     return out
 
 
+# ustack-only scripts (ustack extensions) have no Linux run at all, rather than a skipped one:
+# CI treats every skip as a failure.
+LINUX_CORPUS = [p for p in CORPUS if not read_tags(str(p)).ustack_only]
+
+
 @pytest.mark.root
-@pytest.mark.parametrize("path", CORPUS, ids=IDS)
+@pytest.mark.parametrize("path", LINUX_CORPUS, ids=[p.stem for p in LINUX_CORPUS])
 def test_linux(path: Path, linux_outcomes: dict[str, Outcome]) -> None:
-    tags = read_tags(str(path))
-    if tags.ustack_only:
-        pytest.skip(f"ustack-only: {tags.ustack_only}")
     o = linux_outcomes[str(path)]
     assert o.result.ok, _render(o.result)
 
