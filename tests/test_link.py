@@ -22,7 +22,7 @@ import pytest
 import uvloop
 
 from ustack.link import FdLink, Link, MemoryLink, MemoryWire, TunLink
-from ustack.netns import Netns, in_root_namespace, tun_unavailable_reason
+from ustack.netns import Netns, in_root_namespace
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL = "198.18.0.1"
@@ -42,21 +42,8 @@ def run(request):
     return runner
 
 
-@pytest.fixture(autouse=True)
-def _needs_root(request):
-    """A test marked root fails in CI when root/TUN are missing, and is skipped elsewhere."""
-    if request.node.get_closest_marker("root") is None:
-        return
-    reason = tun_unavailable_reason()
-    if reason is None:
-        return
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-        pytest.fail(f"CI must run the root tests, but: {reason}")
-    pytest.skip(f"needs root and TUN: {reason}")
-
-
 @pytest.fixture
-def netns(_needs_root):
+def netns():  # root-marked tests are gated by tests/conftest.py
     with Netns() as ns:
         yield ns
 
@@ -256,7 +243,7 @@ def test_tun_link_counts_packets_the_kernel_refuses(tun, run):
 
 
 @pytest.mark.root
-def test_namespace_and_tun_can_be_made_inside_a_running_loop(_needs_root, run):
+def test_namespace_and_tun_can_be_made_inside_a_running_loop(run):
     """pyroute2's sync API cannot run on a thread whose loop runs: netns hands it to a thread."""
 
     async def scenario():
@@ -304,7 +291,7 @@ def test_tun_link_configures_the_device_and_close_removes_it(netns):
 
 
 @pytest.mark.root
-def test_tun_link_refuses_root_namespace(_needs_root):
+def test_tun_link_refuses_root_namespace():
     if not in_root_namespace():
         pytest.skip("this process does not run in the root network namespace")
     with pytest.raises(RuntimeError, match="root network namespace"):

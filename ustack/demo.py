@@ -149,7 +149,7 @@ async def run_demo(connections: int = 300, megabytes: int = 100) -> int:
         await asyncio.sleep(0.1)
 
         conns = stack.connections()
-        print(f"\nustack's sockets (ss -tan style): "
+        print("\nustack's sockets (ss -tan style): "
               + ", ".join(f"{n} {s}" for s, n in Counter(c.state for c in conns).items()))
         print(f"{'State':<11} {'Recv-Q':<6} {'Send-Q':<6} {'Local Address:Port':<21} "
               f"{'Peer Address:Port':<21} Timer")

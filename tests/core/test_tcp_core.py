@@ -16,8 +16,6 @@ def test_syn_ack_options_like_linux():
                       has_ts=True, ts_ecr=100)
     # Linux: 64K rounded down to whole segments of mss - TS option = 45 * 1448
     assert synack.window == 65160
-    # the option bytes in Linux's order: mss, sackOK+TS, nop, wscale
-    raw = t.host.listeners[80]  # noqa: F841  (listener exists)
     assert t.mib["TcpPassiveOpens"] == 0  # counted when the handshake completes
 
 
@@ -245,7 +243,7 @@ def test_fast_retransmit_on_three_dupacks():
     assert len(segs) == 5
     for i in range(3):
         t.inject(ACK, 1001, iss + 1, 502, ts_val=110 + i, ts_ecr=0)
-    seg = t.expect(seq=iss + 1, length=1448)
+    t.expect(seq=iss + 1, length=1448)
     assert t.mib["TcpExtTCPFastRetrans"] == 1
 
 

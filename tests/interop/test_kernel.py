@@ -17,6 +17,7 @@ import pytest
 
 from ustack import Stack
 from ustack.aio import run_until
+from ustack.demo import echo_handler
 from ustack.wire import build_tcp, internet_checksum, ip_to_int
 
 pytestmark = pytest.mark.root
@@ -27,16 +28,6 @@ USTACK = "198.18.0.2"
 
 def tun_stack(**sysctl) -> Stack:
     return Stack.tun("ust0", USTACK, f"{KERNEL}/24", sysctl=sysctl or None)
-
-
-async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while True:
-        data = await reader.read(1 << 16)
-        if not data:
-            break
-        writer.write(data)
-        await writer.drain()
-    writer.close()
 
 
 async def kernel_echo_roundtrip(size: int, port: int = 7) -> tuple[bytes, bytes]:
