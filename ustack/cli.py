@@ -32,6 +32,28 @@ def main(argv: list[str] | None = None) -> int:
                            help="run packetdrill scripts against ustack and/or Linux "
                                 "(ustack drill --help)")
     drill.add_argument("drill_args", nargs=argparse.REMAINDER)
+    serve = sub.add_parser("serve", help="run a server on ustack over a TUN device until "
+                                         "SIGINT/SIGTERM (in a private network namespace)")
+    serve.add_argument("--app", choices=("echo", "discard", "http"), required=True)
+    serve.add_argument("--port", type=int, default=None,
+                       help="TCP port (default: echo 7, discard 9, http 80)")
+    serve.add_argument("--ifname", default="ust0")
+    serve.add_argument("--address", default="198.18.0.2", help="ustack's address")
+    serve.add_argument("--kernel-address", default="198.18.0.1/24",
+                       help="the kernel side of the TUN device")
+    serve.add_argument("--control", default="/run/ustack/ustack.sock", metavar="PATH",
+                       help="control socket for ustack ss / nstat")
+    serve.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE")
+    serve.add_argument("--in-current-namespace", action="store_true",
+                       help="use the caller's network namespace instead of a private one")
+    serve.add_argument("--allow-root-namespace", action="store_true",
+                       help="with --in-current-namespace: allow the root namespace")
+    serve.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    ss = sub.add_parser("ss", help="sockets of a running ustack serve, like ss -tanoe")
+    ss.add_argument("--control", default="/run/ustack/ustack.sock", metavar="PATH")
+    nstat = sub.add_parser("nstat", help="counters of a running ustack serve, like nstat")
+    nstat.add_argument("--control", default="/run/ustack/ustack.sock", metavar="PATH")
+    nstat.add_argument("-a", "--all", action="store_true", help="all counters, not only nonzero")
     args = parser.parse_args(argv)
     if args.command == "demo":
         _need_root("demo")
@@ -39,6 +61,22 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--connections and --megabytes must be at least 1")
         from ustack.demo import main as demo_main
         return demo_main(args.connections, args.megabytes, args.loop == "uvloop")
+    if args.command == "serve":
+        _need_root("serve")
+        if args.port is not None and not 1 <= args.port <= 65535:
+            parser.error("--port must be between 1 and 65535")
+        from ustack.serve import main as serve_main
+        return serve_main(args.app, args.port, args.ifname, args.address, args.kernel_address,
+                          args.control, args.sysctl,
+                          in_current_namespace=args.in_current_namespace,
+                          allow_root_namespace=args.allow_root_namespace,
+                          use_uvloop=args.loop == "uvloop")
+    if args.command == "ss":
+        from ustack.control import ss as ss_main
+        return ss_main(args.control)
+    if args.command == "nstat":
+        from ustack.control import nstat as nstat_main
+        return nstat_main(args.control, args.all)
     parser.error(f"unknown command {args.command}")
     return 2
 
