@@ -25,10 +25,14 @@ def test_echo_over_memory_wire(run):
             await b.start_server(echo, port=7)
             reader, writer = await a.open_connection("198.18.0.2", 7)
             payload = os.urandom(1_000_000)
-            writer.write(payload)
-            await writer.drain()
-            writer.write_eof()
+
+            async def send() -> None:   # write and read at once: buffers are Linux-sized
+                writer.write(payload)
+                await writer.drain()
+                writer.write_eof()
+            sender = asyncio.create_task(send())
             got = await reader.read(-1)
+            await sender
             assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
             writer.close()
             await writer.wait_closed()
@@ -58,7 +62,7 @@ def test_transfer_survives_loss(run):
             await b.start_server(echo, port=7)
             reader, writer = await a.open_connection("198.18.0.2", 7)
             payload = os.urandom(300_000)
-            writer.write(payload)
+            writer.write(payload)       # no drain(): the transport buffers it all
             writer.write_eof()
             got = await asyncio.wait_for(reader.read(-1), 60)
             assert got == payload

@@ -16,7 +16,8 @@ _INT_MIN = -(2**31)
 _INT_MAX = 2**31 - 1
 
 DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
-    # Linux net.ipv4 settings (defaults as in Linux 6.18, Documentation/networking/ip-sysctl.rst)
+    # Linux settings, with the defaults a new network namespace has on Linux 6.18 (read off the
+    # test machine; see Documentation/networking/ip-sysctl.rst for their meaning)
     "net.ipv4.tcp_timestamps": (1, int, 0, 2),
     "net.ipv4.tcp_window_scaling": (1, int, 0, 1),
     "net.ipv4.tcp_sack": (1, int, 0, 1),
@@ -29,14 +30,14 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
     "net.ipv4.tcp_orphan_retries": (0, int, 0, 255),
     "net.ipv4.tcp_fin_timeout": (60, int, 0, _INT_MAX),
     "net.ipv4.tcp_max_orphans": (65536, int, 0, _INT_MAX),
-    "net.ipv4.tcp_max_tw_buckets": (262144, int, 0, _INT_MAX),
+    "net.ipv4.tcp_max_tw_buckets": (131072, int, 0, _INT_MAX),
     "net.ipv4.tcp_tw_reuse": (2, int, 0, 2),
     "net.ipv4.tcp_tw_reuse_delay": (1000, int, 1, _INT_MAX),
     "net.ipv4.tcp_rfc1337": (0, int, 0, 1),
     "net.ipv4.tcp_keepalive_time": (7200, int, 1, _INT_MAX),
     "net.ipv4.tcp_keepalive_intvl": (75, int, 1, _INT_MAX),
     "net.ipv4.tcp_keepalive_probes": (9, int, 1, 127),
-    "net.ipv4.tcp_max_syn_backlog": (4096, int, 0, _INT_MAX),
+    "net.ipv4.tcp_max_syn_backlog": (2048, int, 0, _INT_MAX),
     "net.ipv4.tcp_syncookies": (1, int, 0, 2),
     "net.ipv4.tcp_abort_on_overflow": (0, int, 0, 1),
     "net.ipv4.tcp_invalid_ratelimit": (500, int, 0, _INT_MAX),
@@ -55,12 +56,13 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
     "net.ipv4.tcp_autocorking": (1, int, 0, 1),
     "net.ipv4.tcp_tso_win_divisor": (3, int, 1, 255),
     "net.ipv4.tcp_fastopen": (1, int, 0, 0x7FF),
-    "net.ipv4.tcp_rmem": ((4096, 131072, 6291456), "triple", 1, _INT_MAX),
+    "net.ipv4.tcp_rmem": ((4096, 131072, 33554432), "triple", 1, _INT_MAX),
     "net.ipv4.tcp_wmem": ((4096, 16384, 4194304), "triple", 1, _INT_MAX),
     "net.ipv4.ip_local_port_range": ((32768, 60999), "range", 1, 65535),
     "net.ipv4.ip_default_ttl": (64, int, 1, 255),
     "net.ipv4.icmp_echo_ignore_all": (0, int, 0, 1),
     "net.core.somaxconn": (4096, int, 0, _INT_MAX),
+    "net.core.rmem_max": (4194304, int, 0, _INT_MAX),
     # ustack's own settings: the knobs Linux does not have.
     "ustack.tcp_timewait_len": (60, int, 0, _INT_MAX),  # seconds; Linux: TCP_TIMEWAIT_LEN, fixed
     "ustack.tcp_tw_recycle": (0, int, 0, 1),

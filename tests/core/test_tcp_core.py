@@ -12,7 +12,7 @@ def test_syn_ack_options_like_linux():
     t = Trace()
     t.host.listen(80)
     t.inject(SYN, 1000, 0, 65535, mss=1460, sack_ok=True, wscale=7, ts_val=100, ts_ecr=0)
-    synack = t.expect(flags=SYN | ACK, ack=1001, mss=1460, sack_ok=True, wscale=7,
+    synack = t.expect(flags=SYN | ACK, ack=1001, mss=1460, sack_ok=True, wscale=10,
                       has_ts=True, ts_ecr=100)
     # Linux: 64K rounded down to whole segments of mss - TS option = 45 * 1448
     assert synack.window == 65160
@@ -26,7 +26,7 @@ def test_syn_options_order_bytes():
     opts = pkt[40:60]
     assert opts[:4] == bytes([2, 4, 0x05, 0xB4])            # mss 1460
     assert opts[4:8] == bytes([4, 2, 8, 10])                 # sackOK, TS kind/len
-    assert opts[16:20] == bytes([1, 3, 3, 7])                # nop, wscale 7
+    assert opts[16:20] == bytes([1, 3, 3, 10])               # nop, wscale 10 (rmem 32 MB)
     seg = t.expect(flags=SYN, window=64240)                  # 44 * 1460, as Linux's SYN
     assert seg.ts_ecr == 0
 
@@ -502,3 +502,17 @@ def test_ephemeral_ports_exhausted_message():
     with pytest.raises(OSError, match="40000-40001") as exc:
         t.host.connect("198.18.0.1", 80)
     assert exc.value.errno == 99
+
+
+def test_ts_recent_follows_the_peer_and_is_echoed():
+    """RFC 7323 §4.3: ts_recent takes the TSval of in-order segments; our ACKs echo it (a stale
+    echo makes the peer's RTT samples grow with the connection's age)."""
+    t = Trace()
+    conn, rec, synack = t.passive_open()
+    t.inject(ACK | PSH, 1001, synack.seq + 1, 502, payload=b"a" * 10, ts_val=500, ts_ecr=0)
+    t.expect(flags=ACK, ack=1011, ts_ecr=500)
+    t.advance(1000)
+    conn.send(b"b" * 10)
+    t.expect(length=10, ts_ecr=500)
+    t.inject(ACK, 1011, synack.seq + 11, 502, ts_val=900, ts_ecr=conn._tsval())
+    assert conn.ts_recent == 900 and conn.srtt < 10

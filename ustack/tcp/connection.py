@@ -35,6 +35,19 @@ TCP_DELACK_MAX = 200       # ms
 TCP_MAX_QUICKACKS = 16
 TCP_INIT_CWND = 10         # segments (RFC 6928, Linux TCP_INIT_CWND)
 TS_OPT_LEN = 12            # NOP NOP TS(10)
+TCP_RMEM_TO_WIN_SCALE = 8
+TCP_DEFAULT_SCALING_RATIO = 1 << (TCP_RMEM_TO_WIN_SCALE - 1)  # window = half the memory
+
+
+def skb_truesize(payload_len: int) -> int:
+    """The memory a received segment costs, as Linux counts it for a packet read from a TUN
+    device: a kmalloc'ed buffer (NET_SKB_PAD + headers + data + skb_shared_info, rounded up to
+    its size class) plus the sk_buff itself."""
+    need = 64 + 60 + payload_len + 320
+    size = 512
+    while size < need:
+        size <<= 1
+    return size + 256
 MAX_WSCALE = 14
 
 
@@ -89,6 +102,9 @@ class Connection:
         # receive sequence space
         "irs", "rcv_nxt", "rcv_wnd", "rcv_wup", "rcv_wscale", "rcv_mss", "advmss", "rcvbuf",
         "rcv_ssthresh", "window_clamp", "rcv_buf", "ooo", "ooo_bytes", "rcv_fin", "rcv_shutdown",
+        # receive memory as Linux counts it: skb truesize against sk_rcvbuf, and the ratio of
+        # payload to truesize that turns free memory into window (tcp_win_from_space)
+        "rmem_alloc", "rcv_truesize", "scaling_ratio",
         # options
         "ts_ok", "ts_off", "ts_recent", "ts_recent_stamp", "sack_ok", "wscale_ok",
         # congestion control and RTT (RFC 5681, RFC 6298)
@@ -138,7 +154,10 @@ class Connection:
         self.rcv_nxt = self.rcv_wup = 0
         self.rcv_wnd = 0
         self.rcv_mss = 536
-        self.rcvbuf = sysctl["net.ipv4.tcp_rmem"][2]
+        self.rcvbuf = sysctl["net.ipv4.tcp_rmem"][1]   # sk_rcvbuf
+        self.rmem_alloc = 0
+        self.rcv_truesize: deque[list[int]] = deque()    # [bytes left, truesize] per segment
+        self.scaling_ratio = TCP_DEFAULT_SCALING_RATIO
         self.window_clamp = 65535 << MAX_WSCALE
         self.rcv_ssthresh = 0
         self.rcv_wscale = 0
@@ -226,30 +245,82 @@ class Connection:
     def _effective_mss(self) -> int:
         return self.mss - (TS_OPT_LEN if self.ts_ok else 0)
 
-    def _select_window(self) -> int:
-        """The window to advertise, unscaled (Linux __tcp_select_window / tcp_select_window).
+    def _win_from_space(self, space: int) -> int:
+        """Linux tcp_win_from_space: memory to window by the measured payload/truesize ratio."""
+        return (space * self.scaling_ratio) >> TCP_RMEM_TO_WIN_SCALE if space > 0 else 0
 
-        Never shrinks the right edge already offered; grows with rcv_ssthresh; rounded up to the
-        scale so that what we advertise is exactly representable."""
-        free = self.rcvbuf - len(self.rcv_buf) - self.ooo_bytes
-        win = min(free, self.rcv_ssthresh, self.window_clamp)
-        if win < 0:
-            win = 0
-        cur = (self.rcv_wup + self.rcv_wnd - self.rcv_nxt) & M32
-        if cur > 0x7FFFFFFF:
-            cur = 0
-        if win < cur:
-            win = cur
-        elif win < self.rcv_mss and free < self.rcvbuf // 2:
-            # receiver-side silly window avoidance (RFC 9293 §3.8.6.2.2)
-            win = cur
+    def _space(self) -> int:
+        """Linux tcp_space: the window the free receive memory is worth."""
+        return self._win_from_space(self.rcvbuf - self.rmem_alloc)
+
+    def _select_window(self) -> int:
+        """The window to advertise, unscaled (Linux tcp_select_window + __tcp_select_window):
+        free memory as window, capped by rcv_ssthresh, never shrinking the right edge already
+        offered, aligned to the scale."""
         shift = self.rcv_wscale
-        if shift:
-            win = ((win + (1 << shift) - 1) >> shift) << shift
+        mss = self.rcv_mss
+        free = self._space()
+        allowed = self._win_from_space(self.rcvbuf)
+        full = min(self.window_clamp, allowed)
+        new = -1
+        if mss > full:
+            mss = full
+            if mss <= 0:
+                new = 0
+        if new < 0 and free < (full >> 1):
+            self.quickack = 0
+            free = (free >> shift) << shift
+            if free < (allowed >> 4) or free < mss:
+                new = 0
+        if new < 0:
+            if free > self.rcv_ssthresh:
+                free = self.rcv_ssthresh
+            if shift:
+                new = ((free + (1 << shift) - 1) >> shift) << shift
+            else:
+                new = self.rcv_wnd
+                if new <= free - mss or new > free:
+                    new = (free // mss) * mss if mss > 0 else free
+                elif mss == full and free > new + (full >> 1):
+                    new = free
+        cur = self._rcv_window_now()
+        if new < cur:
+            # never shrink the offered window (RFC 9293 §3.8.6.2.2; tcp_select_window)
+            new = ((cur + (1 << shift) - 1) >> shift) << shift
         maxwin = 65535 << shift
-        if win > maxwin:
-            win = maxwin
-        return win
+        return maxwin if new > maxwin else new
+
+    def _init_buffer_space(self) -> None:
+        """Linux tcp_init_buffer_space at the end of the handshake: the clamp is the full
+        space less one segment (tcp_app_win), and rcv_ssthresh stays under it."""
+        maxwin = self._win_from_space(self.rcvbuf)
+        if self.window_clamp >= maxwin:
+            self.window_clamp = maxwin
+        if self.window_clamp > 2 * self.advmss and self.window_clamp + self.advmss > maxwin:
+            self.window_clamp = max(2 * self.advmss, maxwin - self.advmss)
+        self.rcv_ssthresh = min(self.rcv_ssthresh, self.window_clamp)
+
+    def _grow_window(self, n: int, truesize: int) -> None:
+        """Linux tcp_grow_window: raise rcv_ssthresh while segments use memory efficiently."""
+        room = min(self.window_clamp, self._space()) - self.rcv_ssthresh
+        if room <= 0:
+            return
+        if self._win_from_space(truesize) <= n:
+            incr = 2 * self.advmss
+        else:
+            incr = 0
+            ts = self._win_from_space(truesize) >> 1
+            window = self._win_from_space(self.host.sysctl["net.ipv4.tcp_rmem"][2]) >> 1
+            while self.rcv_ssthresh <= window:
+                if ts <= n:
+                    incr = 2 * self.rcv_mss
+                    break
+                ts >>= 1
+                window >>= 1
+        if incr:
+            incr = max(incr, 2 * n)
+            self.rcv_ssthresh += min(room, incr)
+            self.quickack |= 1
 
     def _emit(self, flags: int, seq: int, payload: bytes = b"", *, syn_options: bool = False,
               ack: int | None = None) -> None:
@@ -557,17 +628,18 @@ class Connection:
         sysctl = host.sysctl
         self.rcv_wscale = 0
         if sysctl["net.ipv4.tcp_window_scaling"]:
-            space = max(sysctl["net.ipv4.tcp_rmem"][2], 65535)
-            while space > 65535 and self.rcv_wscale < MAX_WSCALE:
-                space >>= 1
-                self.rcv_wscale += 1
+            # Linux tcp_select_initial_window: scale for the largest window this socket could
+            # ever offer (tcp_rmem[2] or rmem_max), as ilog2(space) - 15
+            space = max(65536, sysctl["net.ipv4.tcp_rmem"][2], sysctl["net.core.rmem_max"])
+            self.rcv_wscale = max(0, min(space.bit_length() - 1 - 15, MAX_WSCALE))
 
     def _initial_window(self, mss: int) -> int:
-        """Linux tcp_select_initial_window: at most 64K in SYNs, a whole number of segments."""
-        space = min(self.rcvbuf, self.host.sysctl["net.ipv4.tcp_rmem"][1] // 2, 65535)
+        """Linux tcp_select_initial_window: the full space, a whole number of segments, at
+        most 64K (a SYN's window is never scaled)."""
+        space = min(self.window_clamp, self._win_from_space(self.rcvbuf))
         if space > mss:
             space = (space // mss) * mss
-        return space
+        return min(space, 65535)
 
     def connect(self, iss: int) -> None:
         """Active open: send SYN (RFC 9293 §3.10.1)."""
@@ -676,6 +748,7 @@ class Connection:
             self.backoff = 0
             self.t_rto = NEVER
             self._set_state(S.ESTABLISHED)
+            self._init_buffer_space()
             self.cwnd = TCP_INIT_CWND if self.total_retrans <= 1 else 1  # tcp_init_transfer
             self._notify |= 1
             # (text or FIN on a SYN-ACK is not taken without Fast Open: only irs+1 is ACKed)
@@ -736,6 +809,8 @@ class Connection:
             # Step 5: the ACK field
             if not flags & ACK:
                 return
+            if self.ts_ok and seg.has_ts:
+                self._update_ts_recent(seg)  # tcp_replace_ts_recent, once PAWS has passed
             if state == S.SYN_RECV:
                 if not self._synrecv_ack(seg):
                     return
@@ -916,6 +991,7 @@ class Connection:
             self._set_state(S.FIN_WAIT_1)
         else:
             self._set_state(S.ESTABLISHED)
+        self._init_buffer_space()
         host.mib["TcpPassiveOpens"] += 1
         self._notify |= 1
         if self.listener is not None:
@@ -1140,9 +1216,12 @@ class Connection:
             payload = payload[:win]  # Linux queues what fits; the rest comes again
             fin = 0
         if payload:
+            truesize = skb_truesize(len(payload))
             self.rcv_buf += payload
+            self.rmem_alloc += truesize
+            self.rcv_truesize.append([len(payload), truesize])
             self.rcv_nxt = (self.rcv_nxt + len(payload)) & M32
-            self._event_data_recv(seg, len(payload))
+            self._event_data_recv(seg, len(payload), truesize)
             self._notify |= 2
         if fin:
             self._fin()
@@ -1154,9 +1233,8 @@ class Connection:
     def _queue_ooo(self, seq: int, payload: bytes, fin: int) -> None:
         """Linux tcp_data_queue_ofo (without coalescing tricks): keep it, SACK it, ACK now."""
         mib = self.host.mib
-        limit = self.rcvbuf - len(self.rcv_buf)
-        if self.ooo_bytes + len(payload) > limit:
-            mib["TcpExtTCPOFODrop"] += 1
+        if self.rmem_alloc + skb_truesize(len(payload)) > self.rcvbuf:
+            mib["TcpExtTCPOFODrop"] += 1  # tcp_try_rmem_schedule failed
             return
         mib["TcpExtTCPOFOQueue"] += 1
         ooo = self.ooo
@@ -1169,6 +1247,7 @@ class Connection:
                 and ooo[i - 1][2] >= fin):
             ooo.insert(i, (seq, payload, fin))
             self.ooo_bytes += len(payload)
+            self.rmem_alloc += skb_truesize(len(payload))
         self.ack_pending = True
 
     def _drain_ooo(self) -> None:
@@ -1181,20 +1260,29 @@ class Connection:
                 break  # still a hole
             ooo.pop(0)
             self.ooo_bytes -= len(data)
+            truesize = skb_truesize(len(data))
             end = (seq + len(data)) & M32
             if _after(end, self.rcv_nxt):
                 chunk = data[off:]
                 self.rcv_buf += chunk
+                self.rcv_truesize.append([len(chunk), truesize])  # the memory moves along
                 self.rcv_nxt = end
                 self._notify |= 2
+            else:
+                self.rmem_alloc -= truesize
             if fin and self.rcv_nxt == end:
                 self._fin()
                 break
 
-    def _measure_rcv_mss(self, seg: Any, n: int) -> None:
-        """Linux tcp_measure_rcv_mss: learn the peer's segment size; note small pushes."""
+    def _measure_rcv_mss(self, seg: Any, n: int, truesize: int) -> None:
+        """Linux tcp_measure_rcv_mss: learn the peer's segment size (and with it the
+        payload/truesize ratio); note small pushes."""
         if n >= self.rcv_mss:
+            if n != self.rcv_mss:
+                self.scaling_ratio = max(1, (n << TCP_RMEM_TO_WIN_SCALE) // truesize)
             self.rcv_mss = min(n, self.advmss)
+            if seg.flags & PSH:
+                self.ack_pushed = max(self.ack_pushed, 1)
             return
         full = n + seg.data_offset
         hdr = 20 + (TS_OPT_LEN if self.ts_ok else 0)
@@ -1207,10 +1295,10 @@ class Connection:
                 return
         self.ack_pushed = 2 if self.ack_pushed else 1
 
-    def _event_data_recv(self, seg: Any, n: int) -> None:
+    def _event_data_recv(self, seg: Any, n: int, truesize: int) -> None:
         """Linux tcp_event_data_recv: the delayed-ACK engine's clock (ato) and window growth."""
         self.ack_pending = True
-        self._measure_rcv_mss(seg, n)
+        self._measure_rcv_mss(seg, n, truesize)
         now = self.host.now
         if self.ato == 0:
             # the first data ever received: start in quick-ACK mode
@@ -1225,8 +1313,8 @@ class Connection:
             elif m > self.rto:
                 self._incr_quickack(TCP_MAX_QUICKACKS)
         self.lrcvtime = now
-        if n >= 128 and self.rcv_ssthresh < self.rcvbuf // 2:
-            self.rcv_ssthresh = min(self.rcv_ssthresh + 2 * self.rcv_mss, self.rcvbuf // 2)
+        if n >= 128:
+            self._grow_window(n, truesize)
 
     def _incr_quickack(self, max_quickacks: int) -> None:
         """Linux tcp_incr_quickack: only ever raises the count."""
@@ -1284,7 +1372,9 @@ class Connection:
         self.rcv_fin = True
         self._notify |= 2
         self.ack_pending = True
-        self.ooo.clear()  # out-of-order text after a FIN is dropped
+        for _seq, data, _fin in self.ooo:  # out-of-order text after a FIN is dropped
+            self.rmem_alloc -= skb_truesize(len(data))
+        self.ooo.clear()
         self.ooo_bytes = 0
         self.dsack = None  # tcp_sack_reset: the ACK of a FIN carries no SACK blocks
         if state in (S.ESTABLISHED, S.SYN_RECV):
@@ -1413,6 +1503,18 @@ class Connection:
         else:
             data = bytes(buf[:n])
             del buf[:n]
+        # a segment's memory is freed once all of it has been read (skb consumed)
+        left = len(data)
+        sizes = self.rcv_truesize
+        while left and sizes:
+            entry = sizes[0]
+            if entry[0] <= left:
+                left -= entry[0]
+                self.rmem_alloc -= entry[1]
+                sizes.popleft()
+            else:
+                entry[0] -= left
+                left = 0
         if data and self.state not in (S.CLOSED, S.LISTEN, S.SYN_SENT):
             self._cleanup_rbuf(len(data))
         return data
