@@ -6,19 +6,22 @@ so a timer costs one small object (the ``TimerHandle``, 80 bytes with its GC hea
 else: the handle *is* the list node.
 
 Shape (Varghese & Lauck, "Hashed and Hierarchical Timing Wheels", 1987, scheme 7; the cascading
-wheel Linux used before 4.8, kernel/time/timer.c): ``LEVELS`` wheels of 64 slots, level k slot s
-holding the timers whose deadline agrees with ``now`` on every bit above bit 6(k+1) and has digit
-s in bits [6k, 6k+6).  Times are stored biased (sign bit flipped) so the 64-bit unsigned order is
-the signed order, and 11 levels cover all 64 bits: there is no overflow list and no limit on how
-far ahead a deadline may be.  Two facts the whole module leans on:
+wheel Linux used before 4.8, kernel/time/timer.c): ``LEVELS`` wheels of 256 slots, level k slot s
+holding the timers whose deadline agrees with ``now`` on every bit above bit 8(k+1) and has digit
+s in bits [8k, 8k+8).  Level 0 spans 256 ms, level 1 65 s, level 2 4.7 hours.  Times are stored
+biased (sign bit flipped) so the 64-bit unsigned order is the signed order, and 8 levels cover all
+64 bits: there is no overflow list and no limit on how far ahead a deadline may be.  Two facts the
+whole module leans on:
 
 * A filed timer's slot is strictly after ``now``'s digit on its level, and every slot on level j
   starts before every slot on level k > j.  So the next thing that can happen is the first
-  occupied slot (lowest bit of the occupancy bitmap) on the lowest occupied level, and ``advance``
-  jumps straight there however far away it is: no per-millisecond loop.
+  occupied slot (lowest set bit of the occupancy bitmap) on the lowest occupied level, and
+  ``advance`` jumps straight there however far away it is: no per-millisecond loop.
 * A slot's start time is a lower bound for the deadlines filed in it.  When the slot comes up,
   level 0 fires the timers whose deadline equals its start; higher levels re-file (cascade) their
-  timers into finer levels, each timer at most once per level.
+  timers into finer levels, each timer at most once per level.  Why 256 slots and not 64: firing
+costs about one cache miss per timer per level it passes through, and a 60 s TIME-WAIT timer
+passes through two levels of 8 bits but three of 6.
 
 ``reschedule`` to a later deadline (every ACK restarts the retransmission timer) only stores the
 new deadline: the slot start is still a lower bound, and the timer is re-filed by its true
@@ -52,10 +55,11 @@ cdef extern from "Python.h":
         inquiry tp_clear
 
 cdef enum:
-    _SLOT_BITS = 6
-    _SLOTS = 64                     # slots per level, one bit each in a 64-bit occupancy bitmap
-    _LEVELS = 11                    # ceil(64 / 6): the last level has 16 usable slots (bits 60..63)
-    _NSLOTS = _LEVELS * _SLOTS      # 704 wheel slots ...
+    _SLOT_BITS = 8                  # any value from 6 up works; tests follow SLOT_BITS
+    _SLOTS = 1 << _SLOT_BITS        # slots per level
+    _LEVELS = (64 + _SLOT_BITS - 1) / _SLOT_BITS    # enough levels for all 64 bits
+    _WORDS = _SLOTS / 64            # occupancy bitmap words per level
+    _NSLOTS = _LEVELS * _SLOTS      # wheel slots ...
     _DUE = _NSLOTS                  # ... and one list of timers already due (deadline <= now)
     _INACTIVE = -1
 
@@ -141,8 +145,9 @@ cdef class TimerWheel:
     fired or cascaded), independent of how many milliseconds it jumps.
     """
     cdef PyObject* _heads[_NSLOTS + 1]
-    cdef unsigned long long _occupied[_LEVELS]  # bit s of _occupied[k]: slot k*64+s is non-empty
-    cdef unsigned int _level_mask               # bit k: _occupied[k] != 0
+    # Bit i % 64 of _occupied[i // 64]: slot list i is not empty (a level is _WORDS words).
+    cdef unsigned long long _occupied[_NSLOTS / 64]
+    cdef unsigned int _level_mask               # bit k: some slot on level k is not empty
     cdef unsigned long long _unow               # now, biased
     cdef Py_ssize_t _count
     # Never set.  An object attribute makes Cython emit a GC-aware type (tp_traverse, tp_clear,
@@ -181,7 +186,7 @@ cdef class TimerWheel:
             level = (63 - USTACK_CLZ64(ud ^ self._unow)) // _SLOT_BITS
             digit = <int>((ud >> (level * _SLOT_BITS)) & (_SLOTS - 1))
             idx = level * _SLOTS + digit
-            self._occupied[level] |= 1ULL << digit
+            self._occupied[idx >> 6] |= 1ULL << (idx & 63)
             self._level_mask |= 1u << level
         cdef PyObject* head = self._heads[idx]
         h._prev = NULL
@@ -200,15 +205,24 @@ cdef class TimerWheel:
         else:
             self._heads[idx] = h._next
             if h._next == NULL and idx != _DUE:
-                level = idx // _SLOTS
-                self._occupied[level] &= ~(1ULL << (idx & (_SLOTS - 1)))
-                if self._occupied[level] == 0:
-                    self._level_mask &= ~(1u << level)
+                self._occupied[idx >> 6] &= ~(1ULL << (idx & 63))
+                if self._occupied[idx >> 6] == 0:
+                    level = idx // _SLOTS
+                    if self._first_slot(level) < 0:
+                        self._level_mask &= ~(1u << level)
         if h._next != NULL:
             (<TimerHandle>h._next)._prev = h._prev
         h._next = NULL
         h._prev = NULL
         h._slot = _INACTIVE
+
+    cdef inline int _first_slot(self, int level) noexcept:
+        """The first non-empty slot list on a level (its index in _heads), or -1."""
+        cdef int w
+        for w in range(level * _WORDS, (level + 1) * _WORDS):
+            if self._occupied[w]:
+                return w * 64 + USTACK_CTZ64(self._occupied[w])
+        return -1
 
     cdef inline void _arm(self, TimerHandle h) noexcept:
         """File an inactive handle and take the wheel's reference to it."""
@@ -285,13 +299,13 @@ cdef class TimerWheel:
         cdef PyObject* p
         while self._level_mask:
             level = USTACK_CTZ64(self._level_mask)
-            digit = USTACK_CTZ64(self._occupied[level])
+            idx = self._first_slot(level)
+            digit = idx - level * _SLOTS
             start = _slot_start(self._unow, level, digit)
             if start > target:
                 break
             # Time passes to the start of the earliest occupied slot: nothing is due before it.
             self._unow = start
-            idx = level * _SLOTS + digit
             p = self._heads[idx]
             while p != NULL:
                 ud = _bias((<TimerHandle>p).deadline)
@@ -337,7 +351,7 @@ cdef class TimerWheel:
     def next_deadline(self):
         """When to advance next: None if empty, else T <= the earliest deadline.
 
-        T is exact when the earliest timer is on level 0 (within now's 64 ms block); otherwise it
+        T is exact when the earliest timer is on level 0 (within now's 256 ms block); otherwise it
         is the start of the slot holding the earliest timer, and advancing to it cascades that
         timer at least one level down, so "advance(next_deadline())" reaches the earliest deadline
         in at most LEVELS steps.  Overdue timers (scheduled with a deadline before now) give now,
@@ -353,10 +367,10 @@ cdef class TimerWheel:
         cdef PyObject* nxt
         while True:
             level = USTACK_CTZ64(self._level_mask)
-            digit = USTACK_CTZ64(self._occupied[level])
+            idx = self._first_slot(level)
+            digit = idx - level * _SLOTS
             start = _slot_start(self._unow, level, digit)
             shift = level * _SLOT_BITS
-            idx = level * _SLOTS + digit
             # The slot start is the answer if some timer really belongs in this slot; timers that
             # were rescheduled later only sit here, so re-file them where they belong.
             p = self._heads[idx]

@@ -54,7 +54,10 @@ def on_level0(deadline: int, now: int) -> bool:
 
 # Offsets from now: around slot and level boundaries, ordinary RTO-sized, far (2**40 and more)
 # and in the past.
-boundaries = st.sampled_from([0, 1, 63, 64, 65, 4095, 4096, 4097, 2**18, 2**24 + 1, 2**40, 2**42])
+LEVEL_SPANS = [2 ** (SLOT_BITS * k) for k in range(1, 4)]
+boundaries = st.sampled_from(
+    [0, 1, 2**40, 2**42] + [span + e for span in LEVEL_SPANS for e in (-1, 0, 1)]
+)
 deltas = st.one_of(
     st.integers(-100, 300), st.integers(-(2**20), 2**20), st.integers(0, 2**44), boundaries
 )
@@ -205,7 +208,9 @@ def test_ack_clocked_restarts_match_reference() -> None:
 
 
 @pytest.mark.parametrize("now", [0, -(2**40), 2**40 + 12345])
-@pytest.mark.parametrize("ahead", [1, 63, 64, 4097, 2**30 + 3, 2**40, 2**40 + 2**39 + 17, 2**55])
+@pytest.mark.parametrize(
+    "ahead", [1, 63, 64, 255, 256, 4097, 65537, 2**30 + 3, 2**40, 2**40 + 2**39 + 17, 2**55]
+)
 def test_far_deadline_reached_in_levels_steps(now: int, ahead: int) -> None:
     wheel = TimerWheel(now)
     wheel.schedule(now + ahead, "far")
@@ -242,8 +247,8 @@ def test_extreme_times() -> None:
 def test_past_deadlines_fire_first_and_sorted() -> None:
     wheel = TimerWheel(1000)
     wheel.schedule(1001, "c")
-    wheel.schedule(1000, "b")
     wheel.schedule(5, "a")
+    wheel.schedule(1000, "b")
     assert wheel.next_deadline() == 1000
     assert wheel.advance(1000) == ["a", "b"]
     assert wheel.advance(1000) == []

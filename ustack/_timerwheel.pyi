@@ -2,9 +2,9 @@
 from typing import Any, final
 
 LEVELS: int
-"""Number of 64-slot levels (11: they cover all 64 bits of a deadline)."""
+"""Number of levels (8 of 256 slots: they cover all 64 bits of a deadline)."""
 SLOT_BITS: int
-"""Bits of the deadline per level (6)."""
+"""Bits of the deadline per level (8); level 0 holds now's 2**SLOT_BITS ms block."""
 
 @final
 class TimerHandle:
