@@ -38,8 +38,7 @@ import time
 from typing import Any, Callable
 
 from . import ast as A
-from .parser import DrillSyntaxError, parse_file
-from .run_ustack import Failure, RunResult, Runner, ScriptFailure, Target
+from .run_ustack import Failure, RunResult, Runner, ScriptFailure, Target, load_script
 from .sockets import (
     MSG_DONTWAIT, O_NONBLOCK, POLLIN, POLLOUT, SOCK_NONBLOCK, SYMBOLS, DrillUnsupported,
     SysError, WouldBlock,
@@ -558,12 +557,9 @@ def run_linux(script: A.Script | str, *, tolerance_us: int | None = None,
               defines: dict[str, str] | None = None) -> RunResult:
     """Run a script (parsed, or a path) against the kernel in a private namespace.  Runs on
     the calling thread (which visits the namespace and comes back)."""
-    if isinstance(script, str):
-        try:
-            script = parse_file(script, defines=defines)
-        except DrillSyntaxError as e:
-            return RunResult(e.path, "linux", False,
-                             Failure(e.line, "", f"syntax error: {e.message}", kind="error"))
+    script = load_script(script, "linux", defines)
+    if isinstance(script, RunResult):
+        return script
     reason = linux_unavailable_reason()
     if reason:
         return RunResult(script.path, "linux", False,

@@ -928,17 +928,26 @@ class Runner:
 # --------------------------------------------------------------------------- API
 
 
+def load_script(script: A.Script | str, target: str,
+                defines: dict[str, str] | None = None) -> A.Script | RunResult:
+    """A parsed script, or the failed RunResult that reports its syntax error (both runners)."""
+    if not isinstance(script, str):
+        return script
+    try:
+        return parse_file(script, defines=defines)
+    except DrillSyntaxError as e:
+        return RunResult(e.path, target, False,
+                         Failure(e.line, "", f"syntax error: {e.message}", kind="error"))
+
+
 def run_ustack(script: A.Script | str, *, tolerance_us: int | None = None,
                strict_end: bool = False, verbose: bool = False,
                log: Callable[[str], None] | None = None,
                defines: dict[str, str] | None = None) -> RunResult:
     """Run a script (parsed, or a path) against ustack under virtual time."""
-    if isinstance(script, str):
-        try:
-            script = parse_file(script, defines=defines)
-        except DrillSyntaxError as e:
-            return RunResult(e.path, "ustack", False,
-                             Failure(e.line, "", f"syntax error: {e.message}", kind="error"))
+    script = load_script(script, "ustack", defines)
+    if isinstance(script, RunResult):
+        return script
     return Runner(script, UstackTarget(), tolerance_us=tolerance_us, strict_end=strict_end,
                   verbose=verbose, log=log).run()
 
