@@ -123,3 +123,38 @@ def test_backpressure_pauses_writer(run):
             await asyncio.wait_for(writer.drain(), 10)
             writer.close()
     run(main())
+
+
+def test_so_linger_close_waits_for_the_fin_ack_or_the_linger_time(run):
+    """SO_LINGER {on, N}: wait_closed() returns when the FIN is acknowledged (the state has
+    left FIN-WAIT-1), or after N seconds with the FIN still unacknowledged (the orphan goes
+    on retransmitting), as Linux's sk_stream_wait_close."""
+    import socket as pysocket
+    import struct
+
+    async def main():
+        a, b, wire = Stack.memory_pair()
+        async with a, b:
+            await b.start_server(echo, port=7)
+            loop = asyncio.get_running_loop()
+            # 1. the FIN is ACKed: wait_closed returns with the connection past FIN-WAIT-1
+            _reader, writer = await a.open_connection("198.18.0.2", 7)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_LINGER, struct.pack("ii", 1, 5))
+            writer.close()
+            await writer.wait_closed()
+            assert [c.state for c in a.connections()][0] in ("FIN-WAIT-2", "TIME-WAIT")
+            # 2. everything a->b is lost: wait_closed returns after the linger time, the
+            #    orphan is still in FIN-WAIT-1
+            _reader, writer = await a.open_connection("198.18.0.2", 7)
+            writer.get_extra_info("socket").setsockopt(
+                pysocket.SOL_SOCKET, pysocket.SO_LINGER, struct.pack("ii", 1, 1))
+            wire.drop_if(lambda direction, packet: direction == "a->b")
+            t0 = loop.time()
+            writer.close()
+            await writer.wait_closed()
+            assert loop.time() - t0 >= 0.95
+            states = {c.state for c in a.connections() if c.orphan}
+            assert states == {"FIN-WAIT-1"}, a.connections()
+            assert not a.host.close_waiters
+    run(main())

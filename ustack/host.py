@@ -29,6 +29,8 @@ from ustack.tcp.isn import SecretHash
 from ustack.tcp.timewait import TW_ACK, TW_RST, TW_SYN, TimeWait, TimeWaitTable
 from ustack.wire import int_to_ip, ip_to_int
 
+_CLOSING_STATES = frozenset((S.FIN_WAIT_1, S.CLOSING, S.LAST_ACK))  # Linux closing()
+
 M32 = 0xFFFFFFFF
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
@@ -142,6 +144,8 @@ class Host:
         self.ttl = self.sysctl["net.ipv4.ip_default_ttl"]
         self.ip_ident = self.rng.randrange(65536)
         self.on_output = None  # optional callable: the adapter's "something to send" hook
+        # connection -> callable: a lingering close() waiting for the FIN's ACK (state_changed)
+        self.close_waiters: dict[Connection, Any] = {}
 
     # ------------------------------------------------------------------ clock
     def advance(self, now: int) -> None:
@@ -392,7 +396,13 @@ class Host:
 
     # ------------------------------------------------------------------ callbacks from connections
     def state_changed(self, conn: Connection, old: int, new: int) -> None:
-        """Every state change passes here (a place for tracing)."""
+        """Every state change passes here (Linux sk_state_change for a socket whose owner
+        waits in close(): SO_LINGER {on, N} sleeps until the state leaves FIN-WAIT-1, CLOSING
+        and LAST-ACK)."""
+        if self.close_waiters and new not in _CLOSING_STATES:
+            wake = self.close_waiters.pop(conn, None)
+            if wake is not None:
+                wake()
 
     def child_established(self, conn: Connection) -> None:
         listener = conn.listener

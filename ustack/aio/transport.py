@@ -285,13 +285,17 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
             stack._loop.call_soon(self._connection_lost, None)
 
     async def _linger_wait(self, seconds: int) -> None:
-        conn = self._conn
-        deadline = self._stack._loop.time() + seconds
-        while conn.state not in (S.CLOSED, S.FIN_WAIT_2, S.TIME_WAIT) and \
-                conn.snd_una != ((conn.fin_seq + 1) & 0xFFFFFFFF):
-            if self._stack._loop.time() >= deadline:
-                break  # close() returns; the orphan goes on (Linux sk_stream_wait_close)
-            await asyncio.sleep(0.01)
+        """Linux sk_stream_wait_close: sleep until the state leaves FIN-WAIT-1, CLOSING and
+        LAST-ACK (woken by Host.state_changed) or the linger time ends; the orphan goes on."""
+        conn, host = self._conn, self._stack.host
+        fut = self._stack._loop.create_future()
+        host.close_waiters[conn] = lambda: fut.done() or fut.set_result(None)
+        try:
+            await asyncio.wait_for(fut, seconds)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            host.close_waiters.pop(conn, None)
         self._connection_lost(None)
 
     def abort(self) -> None:
