@@ -26,6 +26,7 @@ from ustack.sysctl import Sysctl
 from ustack.tcp import states as S
 from ustack.tcp.connection import NEVER, NULL_USER, Connection, ConnectionUser, _after
 from ustack.tcp.isn import SecretHash
+from ustack.tcp.ports import PortBinding, PortTable
 from ustack.tcp.timewait import TW_ACK, TW_RST, TW_SYN, TimeWait, TimeWaitTable
 from ustack.wire import int_to_ip, ip_to_int
 
@@ -46,17 +47,28 @@ class Listener:
     """A LISTEN socket: a port, a backlog and the queue of established children."""
 
     __slots__ = ("host", "port", "backlog", "user", "accept_queue", "syn_recv", "closed",
-                 "reuseaddr")
+                 "binding", "group")
 
-    def __init__(self, host: "Host", port: int, backlog: int, user: ListenerUser) -> None:
+    def __init__(self, host: "Host", binding: PortBinding, backlog: int,
+                 user: ListenerUser) -> None:
         self.host = host
-        self.port = port
+        self.port = binding.port
+        self.binding = binding
         self.backlog = backlog
         self.user = user
         self.accept_queue: deque[Connection] = deque()
         self.syn_recv = 0
         self.closed = False
-        self.reuseaddr = False
+        # the SO_REUSEPORT listeners of this port, in the order they started listening
+        self.group: list[Listener] = [self]
+
+    @property
+    def reuseaddr(self) -> bool:
+        return self.binding.reuseaddr
+
+    @property
+    def reuseport(self) -> bool:
+        return self.binding.reuseport
 
     def accept(self) -> Connection | None:
         """Pop one established connection (accept()), or None when the queue is empty."""
@@ -68,8 +80,14 @@ class Listener:
             return
         self.closed = True
         host = self.host
+        group = self.group
+        if self in group:
+            group.remove(self)
         if host.listeners.get(self.port) is self:
-            del host.listeners[self.port]
+            if group:
+                host.listeners[self.port] = group[0]
+            else:
+                del host.listeners[self.port]
         while self.accept_queue:
             child = self.accept_queue.popleft()
             child.listener = None
@@ -78,7 +96,7 @@ class Listener:
             if conn.listener is self and conn.state == S.SYN_RECV:
                 conn.listener = None
                 conn._destroy(None, notify=False)
-        host.release_port(self.port)
+        self.binding.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +156,7 @@ class Host:
         self.conns: dict[int, Connection] = {}
         self.tw = TimeWaitTable(self)
         self.listeners: dict[int, Listener] = {}
-        self.bound: dict[int, int] = {}     # local port -> sockets holding it explicitly
+        self.ports = PortTable(self)        # who holds each local port (bind buckets)
         self.outbox: list[bytes] = []
         self.orphan_count = 0
         self.ttl = self.sysctl["net.ipv4.ip_default_ttl"]
@@ -245,7 +263,7 @@ class Host:
         if tw is not None:
             verdict = self.tw.process(tw, seg)
             if verdict == TW_SYN:
-                listener = self.listeners.get(seg.dport)
+                listener = self._listener_for(seg)
                 if listener is not None and not listener.closed:
                     self.tw.kill(tw)
                     self._listen_input(listener, seg, isn=tw.syn_isn)
@@ -257,11 +275,21 @@ class Host:
                 self.send_reset_for(seg)
                 self.tw.kill(tw)  # tcp_v4_rcv: TCP_TW_RST also ends the record
             return
-        listener = self.listeners.get(seg.dport)
+        listener = self._listener_for(seg)
         if listener is not None and not listener.closed:
             self._listen_input(listener, seg)
             return
         self.send_reset_for(seg)
+
+    def _listener_for(self, seg: Any) -> Listener | None:
+        """The listener for a segment; among SO_REUSEPORT listeners one chosen by a hash of
+        the 4-tuple, so a peer's segments always meet the same one (reuseport_select_sock)."""
+        listener = self.listeners.get(seg.dport)
+        if listener is not None and len(listener.group) > 1:
+            group = listener.group
+            h = (((seg.src ^ (seg.sport << 16) ^ seg.dport) * 0x9E3779B1) >> 7) & 0xFFFFFFFF
+            listener = group[(h * len(group)) >> 32]
+        return listener
 
     def _listen_input(self, listener: Listener, seg: Any, isn: int | None = None) -> None:
         """Linux tcp_v4_conn_request via tcp_rcv_state_process(LISTEN)."""
@@ -282,6 +310,7 @@ class Host:
         conn = Connection(self, seg.src, seg.sport, seg.dport, NULL_USER)
         conn.listener = listener
         conn.reuseaddr = listener.reuseaddr
+        conn.binding = listener.binding.share()   # inet_inherit_port
         self.conns[conn.key] = conn
         listener.syn_recv += 1
         if isn is None:
@@ -315,83 +344,99 @@ class Host:
         self.mib["TcpOutRsts"] += 1
 
     # ------------------------------------------------------------------ sockets
-    def listen(self, port: int, backlog: int = 128, user: ListenerUser | None = None, *,
-               reuseaddr: bool = False) -> Listener:
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port must be 0-65535, not {port}")
-        if port == 0:
-            port = self.ephemeral_port(None, None)
-        if port in self.listeners:
-            raise OSError(98, f"Address already in use: a socket already listens on port {port}")
+    def bind(self, port: int = 0, *, reuseaddr: bool = False,
+             reuseport: bool = False) -> PortBinding:
+        """bind(): hold a local port (0: any free one) under Linux's conflict rules
+        (ustack.tcp.ports).  OSError(EADDRINUSE) says who holds it."""
+        return self.ports.bind(port, reuseaddr=reuseaddr, reuseport=reuseport)
+
+    def listen(self, port: int | PortBinding = 0, backlog: int = 128,
+               user: ListenerUser | None = None, *, reuseaddr: bool = False,
+               reuseport: bool = False) -> Listener:
+        """listen() on a port (bound here, 0: any free one) or on a binding from bind()."""
+        if isinstance(port, PortBinding):
+            binding = port
+        else:
+            binding = self.ports.bind(port, reuseaddr=reuseaddr, reuseport=reuseport)
+        try:
+            self.ports.listen(binding)
+        except OSError:
+            if binding is not port:
+                binding.release()
+            raise
         backlog = max(0, min(backlog, self.sysctl["net.core.somaxconn"]))
-        listener = Listener(self, port, backlog + 1 if backlog else 1, user or ListenerUser())
-        listener.reuseaddr = reuseaddr
-        self.listeners[port] = listener
-        self.bound[port] = self.bound.get(port, 0) + 1
+        listener = Listener(self, binding, backlog + 1 if backlog else 1,
+                            user or ListenerUser())
+        first = self.listeners.get(binding.port)
+        if first is None:
+            self.listeners[binding.port] = listener
+        else:   # SO_REUSEPORT: the port's listeners share the SYNs
+            listener.group = first.group
+            first.group.append(listener)
         return listener
 
-    def release_port(self, port: int) -> None:
-        n = self.bound.get(port, 0) - 1
-        if n > 0:
-            self.bound[port] = n
-        else:
-            self.bound.pop(port, None)
+    def _check_established(self, raddr: int, rport: int, lport: int,
+                           explicit_bind: bool) -> tuple[bool, TimeWait | None]:
+        """Linux __inet_check_established: is the 4-tuple free, or held by a TIME-WAIT record
+        tcp_twsk_unique lets us take over?  Returns (usable, record)."""
+        key = (raddr << 32) | (rport << 16) | lport
+        if key in self.conns:
+            return False, None
+        tw = self.tw.records.get(key)
+        if tw is None:
+            return True, None
+        return self.tw.unique(tw, explicit_bind), tw
 
-    def ephemeral_port(self, raddr: int | None, rport: int | None) -> int:
-        """Pick a local port from ip_local_port_range (Linux __inet_hash_connect: a random
-        start, one parity first, then the other).  A port is usable for connect() when its
-        4-tuple is free; bind(0)/listen(0) needs a port nobody holds."""
-        low, high = self.sysctl["net.ipv4.ip_local_port_range"]
-        count = high - low + 1
-        offset = self.rng.randrange(count) & ~1
-        in_tw = 0
-        for parity in (0, 1):
-            for i in range(parity, count, 2):
-                port = low + (offset + i) % count
-                if port in self.bound:
-                    continue
-                if raddr is None:
-                    if any((k & 0xFFFF) == port for k in self.conns):
-                        continue
-                    return port
-                key = (raddr << 32) | (rport << 16) | port
-                if key in self.conns:
-                    continue
-                if key in self.tw.records:
-                    in_tw += 1
-                    continue
-                return port
-        raise OSError(99, f"Cannot assign requested address: all {count} local ports in "
-                          f"ip_local_port_range {low}-{high} are in use for this destination "
-                          f"({in_tw} of them in TIME-WAIT)")
-
-    def connect(self, raddr: int | str, rport: int, lport: int | None = None,
+    def connect(self, raddr: int | str, rport: int, lport: int | PortBinding | None = None,
                 user: ConnectionUser = NULL_USER, *, options: dict[str, Any] | None = None
                 ) -> Connection:
-        """Active open.  Returns the SYN-SENT connection; `user.tcp_established` follows."""
+        """Active open (tcp_v4_connect).  `lport` is a binding from bind() (or a port number,
+        bound here with the options' reuseaddr); None picks a port as __inet_hash_connect.
+        Returns the SYN-SENT connection; `user.tcp_established` follows."""
         if isinstance(raddr, str):
             raddr = ip_to_int(raddr)
         if not 0 < rport <= 65535:
             raise ValueError(f"remote port must be 1-65535, not {rport}")
-        if lport is None or lport == 0:
-            lport = self.ephemeral_port(raddr, rport)
-        key = (raddr << 32) | (rport << 16) | lport
-        if key in self.conns:
-            raise OSError(99, f"Cannot assign requested address: {int_to_ip(raddr)}:{rport} "
-                              f"from port {lport} is already connected")
-        tw = self.tw.records.get(key)
+        own_binding = False
+        if isinstance(lport, int) and lport:
+            lport = self.bind(lport, reuseaddr=bool((options or {}).get("reuseaddr")))
+            own_binding = True
+        if isinstance(lport, PortBinding):
+            binding = lport
+            ok, tw = self._check_established(raddr, rport, binding.port, True)
+            if not ok:
+                if own_binding:
+                    binding.release()
+                why = ("is already connected" if tw is None else
+                       "is in TIME-WAIT " + ("without timestamps (no PAWS to guard a new "
+                                             "incarnation)" if not tw.ts_ok else ""))
+                raise OSError(99, f"Cannot assign requested address: {int_to_ip(raddr)}:"
+                                  f"{rport} from port {binding.port} {why.rstrip()}")
+        else:
+            binding, tw = self.ports.connect_port(
+                raddr, rport, lambda p: self._check_established(raddr, rport, p, False))
+        port = binding.port
+        iss = None
+        ts_recent = None
         if tw is not None:
-            # TIME-WAIT reuse by tcp_twsk_unique's rules comes with issue 5; until then the
-            # 4-tuple is busy, as Linux says when reuse is not allowed.
-            raise OSError(99, f"Cannot assign requested address: {int_to_ip(raddr)}:{rport} "
-                              f"from port {lport} is in TIME-WAIT")
-        conn = Connection(self, raddr, rport, lport, user)
+            # tcp_twsk_unique: start above anything the old incarnation sent, keep its PAWS
+            # state; the record goes (TWRecycled)
+            iss = (tw.snd_nxt + 65535 + 2) & 0xFFFFFFFF or 1
+            ts_recent = (tw.ts_recent, tw.ts_recent_stamp)
+            self.mib["TcpExtTWRecycled"] += 1
+            self.tw.kill(tw)
+        conn = Connection(self, raddr, rport, port, user)
+        conn.binding = binding
+        conn.reuseaddr = binding.reuseaddr
         if options:
             for k, v in options.items():
                 setattr(conn, k, v)
-        self.conns[key] = conn
-        iss = self.secret.isn(self.address, raddr, lport, rport, self.now)
-        conn.connect(iss)
+        self.conns[conn.key] = conn
+        if iss is None:
+            iss = self.secret.isn(self.address, raddr, port, rport, self.now)
+        if ts_recent is not None:
+            conn.ts_recent, conn.ts_recent_stamp = ts_recent
+        conn.connect(iss, ts_inherited=ts_recent is not None)
         return conn
 
     # ------------------------------------------------------------------ callbacks from connections
@@ -415,6 +460,9 @@ class Host:
     def unlink(self, conn: Connection) -> None:
         if self.conns.get(conn.key) is conn:
             del self.conns[conn.key]
+        if conn.binding is not None:
+            conn.binding.release()
+            conn.binding = None
         if conn.orphan:
             conn.orphan = False
             self.orphan_count -= 1
@@ -521,9 +569,10 @@ class Host:
     def connections(self) -> list[ConnInfo]:
         out: list[ConnInfo] = []
         me = int_to_ip(self.address)
-        for port, listener in self.listeners.items():
-            out.append(ConnInfo("LISTEN", (me, port), ("0.0.0.0", 0),
-                                len(listener.accept_queue), listener.backlog - 1, None))
+        for port, first in self.listeners.items():
+            for listener in first.group:
+                out.append(ConnInfo("LISTEN", (me, port), ("0.0.0.0", 0),
+                                    len(listener.accept_queue), listener.backlog - 1, None))
         for conn in self.conns.values():
             out.append(ConnInfo(
                 conn.state_name, (me, conn.lport), (int_to_ip(conn.raddr), conn.rport),

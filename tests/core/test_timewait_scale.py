@@ -14,7 +14,7 @@ class _Closing:
     connections would measure the handshake, not the table)."""
 
     __slots__ = ("key", "laddr", "lport", "raddr", "rport", "rcv_nxt", "snd_max", "rcv_wscale",
-                 "ts_ok", "ts_recent", "ts_recent_stamp", "ts_off")
+                 "ts_ok", "ts_recent", "ts_recent_stamp", "ts_off", "reuseaddr", "binding")
 
     def __init__(self, i: int) -> None:
         self.raddr = 0xC6120000 | (i >> 15)
@@ -29,6 +29,8 @@ class _Closing:
         self.ts_recent = i
         self.ts_recent_stamp = 1
         self.ts_off = 0
+        self.reuseaddr = False
+        self.binding = None
 
     def _rcv_window_now(self) -> int:
         return 65535

@@ -254,14 +254,17 @@ class Stack:
     # ---------------------------------------------------------------- the asyncio API
     async def create_server(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
                             host: str | None = None, port: int = 0, *, backlog: int = 100,
-                            reuse_address: bool = False, start_serving: bool = True) -> Server:
+                            reuse_address: bool | None = None, reuse_port: bool = False,
+                            start_serving: bool = True) -> Server:
         self._require_running()
         if host not in (None, "", "0.0.0.0"):
             if _check_ipv4(host, "host") != self.host.address:
                 raise OSError(99, f"Cannot assign requested address: {host} is not this "
                                   f"stack's address {int_to_ip(self.host.address)}")
         self._sync_time()
-        listener = self.host.listen(port, backlog, reuseaddr=reuse_address)
+        if reuse_address is None:
+            reuse_address = True    # as asyncio's create_server on Unix
+        listener = self.host.listen(port, backlog, reuseaddr=reuse_address, reuseport=reuse_port)
         server = Server(self, listener, protocol_factory)
         self._servers.add(server)
         return server

@@ -51,6 +51,8 @@ class SocketOptions:
             conn.linger = max(0, linger) if onoff else None
         elif level == socket.SOL_SOCKET and option == socket.SO_REUSEADDR:
             conn.reuseaddr = bool(self._int(value))
+            if conn.binding is not None:
+                conn.binding.reuseaddr = conn.reuseaddr   # sk_reuse, kept by TIME-WAIT too
         elif level == socket.SOL_SOCKET and option == socket.SO_SNDBUF:
             conn.sndbuf = max(4608, 2 * self._int(value))  # Linux doubles, with a floor
         elif level == socket.SOL_SOCKET and option == socket.SO_RCVBUF:

@@ -119,11 +119,7 @@ CORE_GAPS: dict[str, str] = {
     "peek": "Connection has no peek: MSG_PEEK reads Connection.rcv_buf directly",
     "child_reset_before_accept": "a child reset before accept() is removed from the accept "
                                  "queue by the core (Linux keeps it and accept() returns it)",
-    "reuseport": "Host.listen() has one listener per port: a second SO_REUSEPORT listener on "
-                 "the same port is refused",
     "outq_nsd": "SIOCOUTQNSD reads Connection.sndq/snd_nxt/snd_una directly",
-    "tw_reuse": "the TimeWait record does not keep its socket's SO_REUSEADDR (Linux "
-                "tw->tw_reuse), which bind() needs: the emulation remembers it from close()",
     "buffers": "SO_RCVBUF/SO_SNDBUF set Connection.rcvbuf/sndbuf to the requested byte count "
                "(the payload space); getsockopt reports Linux's doubled value",
 }
@@ -589,7 +585,8 @@ class _Sock:
     fd: int
     nonblock: bool = False
     port: int | None = None            # bound local port (explicit bind or autobind)
-    holds_port: bool = False           # counted in host.bound by us
+    binding: Any = None                # ustack.tcp.ports.PortBinding until listen()/connect()
+    explicit_port: bool = False        # bind() chose the port (Linux SOCK_BINDPORT_LOCK)
     listener: Any = None               # ustack.host.Listener
     conn: Any = None                   # ustack.tcp.connection.Connection
     connecting: bool = False           # SS_CONNECTING
@@ -629,7 +626,6 @@ class UstackSockets:
         self.now_us = now_us
         self.socks: dict[int, _Sock] = {}
         self.notes: set[str] = set()       # CORE_GAPS keys the script ran into
-        self._tw_reuse: dict[int, bool] = {}   # 4-tuple key -> SO_REUSEADDR of its socket
 
     # -- helpers
     def _get(self, fd: int) -> _Sock:
@@ -664,40 +660,18 @@ class UstackSockets:
             return S.CLOSED
         return s.conn.state
 
-    def _port_busy(self, port: int, s: _Sock) -> bool:
-        """inet_csk_bind_conflict, simplified: SO_REUSEADDR lets a socket share a port with
-        anything but a listener (and other sockets that did not say SO_REUSEADDR)."""
-        host = self.host
-        for other in self.socks.values():
-            if other is s or other.port != port:
-                continue
-            if other.reuseport and s.reuseport:
-                continue
-            if other.listener is not None or not (s.reuseaddr and other.reuseaddr):
-                return True
-        if port in host.listeners:
-            return True
-        for conn in host.conns.values():
-            if conn.lport == port and not (s.reuseaddr and conn.reuseaddr):
-                return True
-        for key, tw in host.tw.records.items():
-            # the record keeps its socket's SO_REUSEADDR (Linux tw->tw_reuse); the core's
-            # TimeWait does not, so the emulation remembers it from close()
-            if tw.lport == port and not (s.reuseaddr and self._tw_reuse.get(key, False)):
-                self.notes.add("tw_reuse")
-                return True
-        return False
-
-    def _hold_port(self, s: _Sock, port: int) -> None:
-        s.port = port
-        if not s.holds_port:
-            self.host.bound[port] = self.host.bound.get(port, 0) + 1
-            s.holds_port = True
-
     def _release_port(self, s: _Sock) -> None:
-        if s.holds_port and s.port is not None:
-            self.host.release_port(s.port)
-        s.holds_port = False
+        if s.binding is not None:
+            s.binding.release()
+            s.binding = None
+
+    def _bindings(self, s: _Sock) -> list[Any]:
+        out = [s.binding]
+        if s.listener is not None:
+            out.append(s.listener.binding)
+        if s.conn is not None:
+            out.append(s.conn.binding)
+        return [b for b in out if b is not None]
 
     def _conn_options(self, s: _Sock) -> dict[str, Any]:
         opts: dict[str, Any] = {"nodelay": s.nodelay, "reuseaddr": s.reuseaddr}
@@ -727,14 +701,12 @@ class UstackSockets:
         s = self._get(fd)
         if s.port is not None or s.conn is not None or s.listener is not None:
             raise SysError(_errno.EINVAL)
-        if port == 0:
-            try:
-                port = self.host.ephemeral_port(None, None)
-            except OSError as e:
-                raise SysError(e.errno or _errno.EADDRINUSE)
-        elif self._port_busy(port, s):
-            raise SysError(_errno.EADDRINUSE)
-        self._hold_port(s, port)
+        try:
+            s.binding = self.host.bind(port, reuseaddr=s.reuseaddr, reuseport=s.reuseport)
+        except OSError as e:
+            raise SysError(e.errno or _errno.EADDRINUSE)
+        s.port = s.binding.port
+        s.explicit_port = port != 0
         return 0
 
     def listen(self, fd: int, backlog: int) -> int:
@@ -744,19 +716,17 @@ class UstackSockets:
             return 0
         if s.conn is not None:
             raise SysError(_errno.EINVAL)
-        if s.port is None:
-            self.bind(fd, 0)   # inet_autobind
-        port = s.port
-        assert port is not None
-        if port in self.host.listeners:
-            if s.reuseport:
-                self.notes.add("reuseport")
-            raise SysError(_errno.EADDRINUSE)
+        if s.binding is None:
+            try:       # inet_autobind
+                s.binding = self.host.bind(0, reuseaddr=s.reuseaddr, reuseport=s.reuseport)
+            except OSError:
+                raise SysError(_errno.EAGAIN)
+            s.port = s.binding.port
         try:
-            s.listener = self.host.listen(port, backlog, reuseaddr=s.reuseaddr)
+            s.listener = self.host.listen(s.binding, backlog)
         except OSError as e:
             raise SysError(e.errno or _errno.EADDRINUSE)
-        self.host.release_port(port)  # Host.listen counted the port; we hold it already
+        s.binding = None          # the listener holds the port now
         return 0
 
     def accept(self, fd: int) -> int:
@@ -816,14 +786,14 @@ class UstackSockets:
                 raise SysError(_errno.EISCONN)
             s.conn = None                   # SS_UNCONNECTED after a failed connect
             s.err_taken = False
-        if s.port is not None and s.holds_port:
-            lport: int | None = s.port
-        else:
-            lport = None
+        lport: Any = s.binding
+        if lport is None and s.explicit_port and s.port is not None:
+            lport = s.port     # a bound socket keeps its port across failed connects
         try:
             conn = self.host.connect(self.remote, port, lport, options=self._conn_options(s))
         except OSError as e:
             raise SysError(e.errno or _errno.EADDRNOTAVAIL)
+        s.binding = None          # the connection holds the port now
         s.conn = conn
         s.port = conn.lport
         s.connecting = True
@@ -863,7 +833,7 @@ class UstackSockets:
         s.err_taken = False
         s.so_error = 0
         s.shut_rd = s.shut_wr = False
-        if not s.holds_port:
+        if not s.explicit_port:
             s.port = None
         return 0
 
@@ -944,8 +914,7 @@ class UstackSockets:
         s = self._get(fd)
         del self.socks[fd]
         if s.listener is not None:
-            s.listener.close()
-            s.holds_port = False   # Listener.close released the port
+            s.listener.close()     # releases the port
             return 0
         self._release_port(s)
         conn = s.conn
@@ -953,7 +922,6 @@ class UstackSockets:
             return 0
         onoff, secs = s.linger
         conn.linger = secs if onoff else None
-        self._tw_reuse[conn.key] = s.reuseaddr
         conn.close()
         if onoff and secs > 0 and not s.nonblock and conn.state in (S.FIN_WAIT_1, S.CLOSING,
                                                                       S.LAST_ACK):
@@ -978,7 +946,6 @@ class UstackSockets:
             if rd:
                 s.listener.close()
                 s.listener = None
-                s.holds_port = False
             return 0
         if state == S.SYN_SENT:
             return self._disconnect(s)
@@ -1007,8 +974,12 @@ class UstackSockets:
             s.reuseaddr = bool(value)
             if conn is not None:
                 conn.reuseaddr = s.reuseaddr
+            for b in self._bindings(s):
+                b.reuseaddr = s.reuseaddr
         elif key == (sol, SYMBOLS["SO_REUSEPORT"]):
             s.reuseport = bool(value)
+            for b in self._bindings(s):
+                b.reuseport = s.reuseport
         elif key == (sol, SYMBOLS["SO_LINGER"]):
             if optlen < 8:
                 raise SysError(_errno.EINVAL)

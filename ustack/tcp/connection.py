@@ -118,7 +118,7 @@ class Connection:
         # timers: one wheel entry, several deadlines
         "t_rto", "t_delack", "t_misc", "misc_kind", "timer",
         # socket options and lifecycle
-        "nodelay", "linger", "linger2", "reuseaddr", "orphan", "error", "probes",
+        "nodelay", "linger", "linger2", "reuseaddr", "binding", "orphan", "error", "probes",
         "closed_notified", "created", "_notify",
     )
 
@@ -211,6 +211,7 @@ class Connection:
         self.linger: int | None = None
         self.linger2: int | None = None
         self.reuseaddr = False
+        self.binding = None            # the local port's PortBinding (ustack.tcp.ports)
         self.orphan = False
         self.error: BaseException | None = None
         self.probes = 0
@@ -355,7 +356,9 @@ class Connection:
         ts_ecr = 0
         if self.ts_ok and not (flags & RST and not flags & ACK):
             ts_val = self._tsval()
-            ts_ecr = self.ts_recent if flags & ACK else 0
+            # a SYN echoes ts_recent too: 0, or what a reused TIME-WAIT record passed on
+            # (tcp_syn_options)
+            ts_ecr = self.ts_recent if flags & (ACK | SYN) else 0
         sack_blocks = None
         if self.sack_ok and (self.ooo or self.dsack) and not (flags & SYN):
             sack_blocks = self._sack_blocks()
@@ -641,8 +644,9 @@ class Connection:
             space = (space // mss) * mss
         return min(space, 65535)
 
-    def connect(self, iss: int) -> None:
-        """Active open: send SYN (RFC 9293 §3.10.1)."""
+    def connect(self, iss: int, ts_inherited: bool = False) -> None:
+        """Active open: send SYN (RFC 9293 §3.10.1).  `ts_inherited`: ts_recent came from a
+        TIME-WAIT record this connection took over (tcp_twsk_unique)."""
         host = self.host
         sysctl = host.sysctl
         self._init_local()
@@ -655,7 +659,11 @@ class Connection:
         if self.ts_ok:
             self.ts_off = host.secret.ts_offset(self.laddr, self.raddr) \
                 if sysctl["net.ipv4.tcp_timestamps"] == 1 else 0
-        self.rcv_wnd = self._initial_window(self.advmss)
+        # tcp_connect_init: the first window counts in segments of advmss less the TS option
+        # when ts_recent_stamp is already set (inherited from TIME-WAIT)
+        self.rcv_wnd = self._initial_window(
+            self.advmss - (TS_OPT_LEN if ts_inherited and sysctl["net.ipv4.tcp_timestamps"]
+                           else 0))
         self.rcv_ssthresh = self.rcv_wnd
         self._set_state(S.SYN_SENT)
         self.syn_time = host.now

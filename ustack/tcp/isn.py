@@ -14,13 +14,14 @@ import os
 class SecretHash:
     """Keyed hashes for ISNs and TS offsets.  `secret` fixes them (tests); default is random."""
 
-    __slots__ = ("_seq_key", "_ts_key")
+    __slots__ = ("_seq_key", "_ts_key", "_port_key")
 
     def __init__(self, secret: bytes | None = None) -> None:
         if secret is None:
             secret = os.urandom(32)
         self._seq_key = hashlib.blake2s(b"ustack-isn" + secret).digest()
         self._ts_key = hashlib.blake2s(b"ustack-tsoff" + secret).digest()
+        self._port_key = hashlib.blake2s(b"ustack-port" + secret).digest()
 
     def isn(self, saddr: int, daddr: int, sport: int, dport: int, now_ms: int) -> int:
         h = hashlib.blake2s(
@@ -33,4 +34,11 @@ class SecretHash:
     def ts_offset(self, saddr: int, daddr: int) -> int:
         h = hashlib.blake2s(saddr.to_bytes(4, "big") + daddr.to_bytes(4, "big"),
                             key=self._ts_key, digest_size=4).digest()
+        return int.from_bytes(h, "big")
+
+    def port_offset(self, saddr: int, daddr: int, dport: int) -> int:
+        """Where connect()'s port search starts for a destination (Linux
+        secure_ipv4_port_ephemeral): 64 keyed bits of (source, destination, destination port)."""
+        h = hashlib.blake2s(saddr.to_bytes(4, "big") + daddr.to_bytes(4, "big")
+                            + dport.to_bytes(2, "big"), key=self._port_key, digest_size=8).digest()
         return int.from_bytes(h, "big")

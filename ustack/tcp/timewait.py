@@ -41,7 +41,7 @@ class TimeWait:
 
     __slots__ = ("key", "laddr", "lport", "raddr", "rport", "substate", "rcv_nxt", "snd_nxt",
                  "rcv_wnd", "rcv_wscale", "ts_ok", "ts_recent", "ts_recent_stamp", "ts_off",
-                 "entered", "timer", "last_oow_ack", "syn_isn")
+                 "entered", "timer", "last_oow_ack", "syn_isn", "bind_flags")
 
     def __init__(self, conn: Any, substate: int, now: int) -> None:
         self.key = conn.key
@@ -62,6 +62,11 @@ class TimeWait:
         self.timer = None
         self.last_oow_ack = -1
         self.syn_isn = 0
+        # the socket's SO_REUSEADDR/SO_REUSEPORT (Linux tw_reuse, tw_reuseport): the record
+        # keeps holding the local port with them (ustack.tcp.ports)
+        binding = conn.binding
+        self.bind_flags = (1 if conn.reuseaddr else 0) | \
+            (2 if binding is not None and binding.reuseport else 0)
 
     @property
     def state_name(self) -> str:
@@ -99,6 +104,7 @@ class TimeWaitTable:
             return None
         tw = TimeWait(conn, substate, host.now)
         self.records[tw.key] = tw
+        host.ports.tw_hold(tw.lport, tw.bind_flags)
         tw.timer = host.wheel.schedule(host.now + lifetime_ms, tw)
         # Linux __inet_twsk_schedule counts on the first arming: TWKilled for a lifetime of at
         # most 4 s, TW otherwise (nstat shows the record as soon as it exists).
@@ -112,6 +118,7 @@ class TimeWaitTable:
         """Remove a record before its time (inet_twsk_deschedule_put)."""
         if self.records.get(tw.key) is tw:
             del self.records[tw.key]
+            self.host.ports.tw_release(tw.lport, tw.bind_flags)
         if tw.timer is not None:
             self.host.wheel.cancel(tw.timer)
 
@@ -119,6 +126,30 @@ class TimeWaitTable:
         """The timer ran out (tw_timer_handler): the record vanishes silently."""
         if self.records.get(tw.key) is tw:
             del self.records[tw.key]
+            self.host.ports.tw_release(tw.lport, tw.bind_flags)
+
+    def unique(self, tw: TimeWait, explicit_bind: bool) -> bool:
+        """Linux tcp_twsk_unique: may connect() take this record's 4-tuple?
+
+        Only a record that saw timestamps (tw_ts_recent_stamp != 0: PAWS then guards the new
+        incarnation).  A socket that bound its port explicitly takes it at once; an ephemeral
+        port search only with net.ipv4.tcp_tw_reuse (1: always, 2: loopback addresses only)
+        once the record is older than net.ipv4.tcp_tw_reuse_delay ms, and never a record in
+        substate FIN-WAIT-2."""
+        if not tw.ts_ok:
+            return False
+        if explicit_bind:
+            return True
+        host = self.host
+        reuse = host.sysctl["net.ipv4.tcp_tw_reuse"]
+        if tw.substate == S.FIN_WAIT_2:
+            reuse = 0
+        if reuse == 2 and (tw.raddr >> 24) != 127 and (tw.laddr >> 24) != 127:
+            reuse = 0
+        if not reuse:
+            return False
+        threshold = tw.entered + host.sysctl["net.ipv4.tcp_tw_reuse_delay"]
+        return _after(host.now & M32, threshold & M32)
 
     # -------------------------------------------------------------- the rules
     def _oow_rate_limited(self, tw: TimeWait, seg: Any, mib_name: str) -> bool:
