@@ -480,16 +480,43 @@ class Host:
             # closing a connection accept() has not returned yet is not possible; be safe
             conn.listener = None
         self.orphan_count += 1
-        if self.orphan_count > self.sysctl["net.ipv4.tcp_max_orphans"]:
-            # tcp_check_oom in tcp_close: too many orphans, reset this one
+
+    def too_many_orphans(self, conn: Connection, shift: int = 0) -> bool:
+        """Linux tcp_too_many_orphans: (orphans << shift) > tcp_max_orphans.  Linux reads a
+        copy of the count refreshed every 100 ms (tcp_orphan_cache), which does not yet hold
+        the socket being closed; ustack counts the other orphans."""
+        others = self.orphan_count - (1 if conn.orphan else 0)
+        return (others << shift) > self.sysctl["net.ipv4.tcp_max_orphans"]
+
+    def check_oom_on_close(self, conn: Connection) -> None:
+        """tcp_close's tcp_check_oom: too many orphans, reset this one (TCPAbortOnMemory)."""
+        if conn.state != S.CLOSED and self.too_many_orphans(conn):
             self.mib["TcpExtTCPAbortOnMemory"] += 1
             conn._send_rst()
             conn._destroy(None, notify=False)
 
-    def orphan_retries(self) -> int:
-        """Linux tcp_orphan_retries(): 0 means 8 while the connection is alive."""
+    def out_of_resources(self, conn: Connection, do_reset: bool) -> bool:
+        """Linux tcp_out_of_resources, asked by an orphan's retransmission and probe timers:
+        over the orphan limit (doubled penalty when the peer has been silent for 2 x
+        TCP_RTO_MAX or no reset is due), the orphan dies, with a RST when it sent something
+        in the last TIME-WAIT length or the window is closed with nothing in flight."""
+        idle = self.now - conn.last_snd_data_time
+        shift = 1 if idle > 2 * 120_000 or not do_reset else 0
+        if not self.too_many_orphans(conn, shift):
+            return False
+        if idle <= 60_000 or (conn.snd_wnd == 0 and conn.snd_una == conn.snd_nxt):
+            do_reset = True
+        if do_reset:
+            conn._send_rst()
+        self.mib["TcpExtTCPAbortOnMemory"] += 1
+        conn._destroy(None, notify=False)
+        return True
+
+    def orphan_retries(self, alive: bool = True) -> int:
+        """Linux tcp_orphan_retries(): 0 means 8 while the connection is alive (its backed-off
+        RTO still below TCP_RTO_MAX), 0 once it is not."""
         retries = self.sysctl["net.ipv4.tcp_orphan_retries"]
-        return retries if retries else 8
+        return retries if retries or not alive else 8
 
     def fin_time(self, conn: Connection) -> int:
         """Linux tcp_fin_time(): the FIN-WAIT-2 lifetime in ms, at least 3.5 RTO."""

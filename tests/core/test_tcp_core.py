@@ -516,3 +516,30 @@ def test_ts_recent_follows_the_peer_and_is_echoed():
     t.expect(length=10, ts_ecr=500)
     t.inject(ACK, 1011, synack.seq + 11, 502, ts_val=900, ts_ecr=conn._tsval())
     assert conn.ts_recent == 900 and conn.srtt < 10
+
+
+def test_zero_window_attack_cannot_pin_an_orphan():
+    """The peer answers every zero-window probe of an orphan with window 0 (each answer resets
+    the probe count, tcp_ack).  The orphan still dies without a RST once its backed-off probe
+    interval reaches TCP_RTO_MAX and the backoff reaches tcp_orphan_retries (tcp_probe_timer:
+    !alive && backoff >= max_probes; tcp_orphan_retries is 0 once not alive)."""
+    t = Trace()
+    conn, rec, synack = t.passive_open()
+    t.inject(ACK, 1001, synack.seq + 1, 0, ts_val=102, ts_ecr=synack.ts_val)   # window 0
+    conn.send(b"x" * 1000)
+    conn.close()
+    assert conn.orphan and conn.state_name == "FIN-WAIT-1"
+    t.expect_nothing()
+    start = t.now
+    probes = 0
+    while conn.state_name != "CLOSED" and t.now - start < 3_600_000:
+        t.host.advance(t.host.next_deadline())
+        for seg in t.output():
+            assert not seg.flags & RST
+            probes += 1
+            t.inject(ACK, 1001, synack.seq + 1, 0, ts_val=200 + probes, ts_ecr=seg.ts_val)
+            assert conn.probes == 0 or conn.state_name == "CLOSED"
+    assert conn.state_name == "CLOSED" and t.mib["TCPAbortOnTimeout"] == 1
+    lived = t.now - start
+    assert probes > 8, probes                        # not killed by tcp_orphan_retries alone
+    assert 120_000 < lived < 600_000, lived          # but within minutes

@@ -564,9 +564,15 @@ class Connection:
             base = TCP_TIMEOUT_INIT
         else:
             limit = sysctl["net.ipv4.tcp_retries2"]
-            if self.orphan:
-                limit = host.orphan_retries()
             base = TCP_RTO_MIN
+            if self.orphan:
+                # tcp_write_timeout for a dead socket: the orphan limit first
+                alive = min(self.rto << self.backoff, TCP_RTO_MAX) < TCP_RTO_MAX
+                limit = host.orphan_retries(alive)
+                timed_out = bool(self.retransmits) and \
+                    host.now - self.retrans_stamp >= retransmits_timed_out(limit, base)
+                if host.out_of_resources(self, alive or not timed_out):
+                    return
         if self.retransmits and host.now - self.retrans_stamp >= retransmits_timed_out(limit, base):
             if state == S.SYN_RECV:
                 self._destroy(None, notify=False)  # an embryonic connection just goes away
@@ -611,17 +617,28 @@ class Connection:
         """Zero-window probe (Linux tcp_probe_timer / tcp_send_probe0)."""
         if self.snd_wnd != 0 or not self._unsent():
             return
-        self.probes += 1
-        limit = self.host.orphan_retries() if self.orphan else \
-            self.host.sysctl["net.ipv4.tcp_retries2"]
-        if self.probes > limit:
+        retries2 = self.host.sysctl["net.ipv4.tcp_retries2"]
+        limit = retries2
+        abort = False
+        if self.orphan:
+            # a peer that answers every probe with window 0 keeps probes at 0 (tcp_ack), so
+            # an orphan also dies once its backoff reaches the limit with the probe interval
+            # at TCP_RTO_MAX: a zero window cannot pin it
+            alive = min(self.rto << self.backoff, TCP_RTO_MAX) < TCP_RTO_MAX
+            limit = self.host.orphan_retries(alive)
+            abort = not alive and self.backoff >= limit
+            if not abort and self.host.out_of_resources(self, True):
+                return
+        if abort or self.probes >= limit:
             # Linux tcp_probe_timer -> tcp_write_err: no RST on the wire
             self.host.mib["TcpExtTCPAbortOnTimeout"] += 1
             self._destroy(TimeoutError(110, "Connection timed out"))
             return
         # A bare ACK one below snd_una draws the peer's ACK with its current window.
         self._emit(ACK, (self.snd_una - 1) & M32)
-        self.backoff = min(self.backoff + 1, 15)
+        self.probes += 1
+        if self.backoff < retries2:
+            self.backoff += 1
         self.t_misc = self.host.now + min(self.rto << self.backoff, TCP_RTO_MAX)
         self.misc_kind = "persist"
 
@@ -739,6 +756,14 @@ class Connection:
                         self.t_rto = host.now + TCP_TIMEOUT_MIN
                         self.rto_kind = "rto"
                 return
+            if self.ts_ok and seg.has_ts and seg.ts_ecr:
+                # RFC 7323 §5.5 / Linux: a TSecr we never sent (outside [first SYN, now])
+                # is an old duplicate: RST for it, stay in SYN-SENT (PAWSActive)
+                ecr = (seg.ts_ecr - self.ts_off) & M32
+                if ((ecr - self.syn_time) & M32) > ((host.now - self.syn_time) & M32):
+                    host.mib["TcpExtPAWSActive"] += 1
+                    host.send_reset_for(seg)
+                    return
             if flags & RST:
                 host.mib["TcpAttemptFails"] += 1
                 self._destroy(ConnectionRefusedError(111, "Connection refused"))
@@ -1029,6 +1054,7 @@ class Connection:
                 return False
             # old duplicate ACK: ignore the ACK, keep the text
             return True
+        self.probes = 0   # tcp_ack: any acceptable ACK, even one with window 0
         # window update (RFC 9293 §3.10.7.4, SND.WL1/SND.WL2 rule)
         window = seg.window << self.snd_wscale
         window_changed = False
@@ -1622,7 +1648,9 @@ class Connection:
         self.orphan = True
         host.orphaned(self)
         if self.state == S.FIN_WAIT_2:
-            host.fin_wait2_entered(self)
+            host.fin_wait2_entered(self)   # may hand it to TIME-WAIT before the check
+        if self.state != S.CLOSED:
+            host.check_oom_on_close(self)
         if self.state != S.CLOSED:
             self._arm()
 
