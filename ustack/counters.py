@@ -74,7 +74,12 @@ LINUX_MIB: dict[str, tuple[str, ...]] = {
     ),
 }
 
-_RESOLUTION_ORDER = ("TcpExt", "Tcp", "Ip", "IpExt", "Icmp")
+# ustack's own counters, for paths Linux does not have (its extensions), under their own group
+LINUX_MIB["UstackExt"] = (
+    'TWSilentSYN',        # ustack.tcp_tw_silent_syn: an unacceptable SYN in TIME-WAIT dropped
+)
+
+_RESOLUTION_ORDER = ("TcpExt", "Tcp", "Ip", "IpExt", "Icmp", "UstackExt")
 
 
 def _build_aliases() -> dict[str, str]:

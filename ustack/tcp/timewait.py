@@ -237,6 +237,11 @@ class TimeWaitTable:
             # (which may be an old duplicate or a new SYN with a random ISN).
             if paws or flags & ACK:
                 self.reschedule(tw, self.timewait_len())
+            if flags & SYN and not flags & ACK and host.sysctl["ustack.tcp_tw_silent_syn"]:
+                # ustack extension (seed 000's wish): no ACK for a SYN the record refuses, so
+                # a forged SYN cannot draw the ACK whose RST answer kills the record
+                host.mib["UstackExtTWSilentSYN"] += 1
+                return TW_SUCCESS
             return self._oow_ack(tw, seg, "TcpExtTCPACKSkippedTimeWait")
         return TW_SUCCESS
 
