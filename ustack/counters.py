@@ -77,7 +77,8 @@ LINUX_MIB: dict[str, tuple[str, ...]] = {
 # ustack's own counters, for paths Linux does not have (its extensions), under their own group
 LINUX_MIB["UstackExt"] = (
     'TWSilentSYN',        # ustack.tcp_tw_silent_syn: an unacceptable SYN in TIME-WAIT dropped
-)
+    'PAWSPassive',        # ustack.tcp_tw_recycle: a SYN older than the peer's cached TSval
+)                         # (Linux < 4.12 counted it as TcpExtPAWSPassive)
 
 _RESOLUTION_ORDER = ("TcpExt", "Tcp", "Ip", "IpExt", "Icmp", "UstackExt")
 

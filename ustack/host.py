@@ -157,6 +157,7 @@ class Host:
         self.tw = TimeWaitTable(self)
         self.listeners: dict[int, Listener] = {}
         self.ports = PortTable(self)        # who holds each local port (bind buckets)
+        self.peer_ts: dict[int, tuple[int, int]] = {}   # tcp_tw_recycle: addr -> (TSval, when)
         self.outbox: list[bytes] = []
         self.orphan_count = 0
         self.ttl = self.sysctl["net.ipv4.ip_default_ttl"]
@@ -306,6 +307,9 @@ class Host:
         if len(listener.accept_queue) >= listener.backlog:
             mib["TcpExtListenOverflows"] += 1
             mib["TcpExtListenDrops"] += 1
+            return
+        if isn is None and self.sysctl["ustack.tcp_tw_recycle"] and not self._peer_proven(seg):
+            mib["UstackExtPAWSPassive"] += 1
             return
         conn = Connection(self, seg.src, seg.sport, seg.dport, NULL_USER)
         conn.listener = listener
@@ -585,12 +589,40 @@ class Host:
     def enter_timewait(self, conn: Connection, substate: int, lifetime: int | None = None) -> None:
         """Linux tcp_time_wait(): the connection becomes a small record (or just closes)."""
         rto = conn.rto
-        if substate == S.TIME_WAIT:
+        rto35 = (rto << 2) - (rto >> 1)
+        if self.sysctl["ustack.tcp_tw_recycle"] and conn.ts_ok:
+            # Linux < 4.12 with tcp_tw_recycle: remember the peer's clock, and TIME-WAIT
+            # lasts 3.5 RTO only (tcp_remember_stamp, tcp_time_wait's recycle_ok)
+            self._remember_stamp(conn)
+            lifetime = max(lifetime or 0, rto35)
+        elif substate == S.TIME_WAIT:
             lifetime = self.tw.timewait_len()
         else:
-            lifetime = max(lifetime or 0, (rto << 2) - (rto >> 1))
+            lifetime = max(lifetime or 0, rto35)
         self.tw.enter(conn, substate, lifetime)
         conn._destroy(None)
+
+    # ------------------------------------------------------------------ tcp_tw_recycle
+    def _remember_stamp(self, conn: Connection) -> None:
+        """Linux < 4.12 tcp_remember_stamp: keep the newest TSval seen from this peer address
+        (or replace one older than TCP_PAWS_MSL)."""
+        old = self.peer_ts.get(conn.raddr)
+        if old is None or ((old[0] - conn.ts_recent) & M32) == 0 or \
+                ((old[0] - conn.ts_recent) & M32) > 0x7FFFFFFF or \
+                (self.now - old[1] > 60_000 and old[1] <= conn.ts_recent_stamp):
+            self.peer_ts[conn.raddr] = (conn.ts_recent, conn.ts_recent_stamp)
+
+    def _peer_proven(self, seg: Any) -> bool:
+        """Linux < 4.12 tcp_peer_is_proven(paws_check): a SYN from an address whose TSval was
+        cached in the last 60 s must carry a TSval no more than 1 below it (and must carry
+        one at all).  This is what breaks clients behind one NAT."""
+        cached = self.peer_ts.get(seg.src)
+        if cached is None or self.now - cached[1] >= 60_000:
+            return True
+        if not seg.has_ts:
+            return False
+        diff = (cached[0] - seg.ts_val) & M32
+        return not (0 < diff < 0x80000000 and diff > 1)
 
     # ------------------------------------------------------------------ visibility
     def connections(self) -> list[ConnInfo]:

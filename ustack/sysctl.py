@@ -8,6 +8,8 @@ was wrong: a silently ignored setting is the worst kind of test failure.
 """
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -65,7 +67,7 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
     "net.core.rmem_max": (4194304, int, 0, _INT_MAX),
     # ustack's own settings: the knobs Linux does not have.
     "ustack.tcp_timewait_len": (60, int, 0, _INT_MAX),  # seconds; Linux: TCP_TIMEWAIT_LEN, fixed
-    "ustack.tcp_tw_recycle": (0, int, 0, 1),
+    "ustack.tcp_tw_recycle": (0, int, 0, 1),   # Linux < 4.12's experiment: see RECYCLE_WARNING
     "ustack.tcp_tw_silent_syn": (0, int, 0, 1),
     "ustack.mtu": (1500, int, 68, 65535),
 }
@@ -100,7 +102,9 @@ class Sysctl(MutableMapping[str, Any]):
         if key not in DEFAULTS:
             raise KeyError(f"unknown setting {name!r}: ustack has no such sysctl")
         _default, kind, lo, hi = DEFAULTS[key]
-        self._values[key] = self._check(key, value, kind, lo, hi)
+        self._values[key] = v = self._check(key, value, kind, lo, hi)
+        if key == "ustack.tcp_tw_recycle" and v:
+            warnings.warn(RECYCLE_WARNING, RuntimeWarning, stacklevel=2)
 
     @staticmethod
     def _check(key: str, value: Any, kind: Any, lo: int, hi: int) -> Any:
@@ -138,3 +142,11 @@ class Sysctl(MutableMapping[str, Any]):
     def __repr__(self) -> str:
         changed = {k: v for k, v in self._values.items() if v != DEFAULTS[k][0]}
         return f"Sysctl(changed={changed!r})"
+
+
+RECYCLE_WARNING = (
+    "ustack.tcp_tw_recycle=1 brings back the TIME-WAIT recycling Linux removed in 4.12: "
+    "TIME-WAIT lasts 3.5 x RTO and a SYN whose timestamp is older than the last one seen from "
+    "the same IP address is dropped (PAWSPassive).  Clients behind one NAT share an address "
+    "but not a timestamp clock, so their connections fail at random.  Use it only to study "
+    "that failure.")
