@@ -543,3 +543,22 @@ def test_zero_window_attack_cannot_pin_an_orphan():
     lived = t.now - start
     assert probes > 8, probes                        # not killed by tcp_orphan_retries alone
     assert 120_000 < lived < 600_000, lived          # but within minutes
+
+
+def test_paws_forgets_ts_recent_after_2147_seconds():
+    """Linux 6.18 tcp_paws_check: ts_recent older than TCP_PAWS_WRAP (INT_MAX / USEC_PER_SEC =
+    2147 s) no longer rejects an old TSval; before that the segment is dropped (PAWSEstab)
+    and answered with a duplicate ACK."""
+    t = Trace()
+    conn, rec, synack = t.passive_open()
+    t.inject(ACK, 1001, synack.seq + 1, 502, payload=b"a" * 10, ts_val=5000, ts_ecr=0)
+    t.expect(flags=ACK, ack=1011)
+    t.advance(2_146_000)
+    t.inject(ACK, 1011, synack.seq + 1, 502, payload=b"b" * 10, ts_val=4000, ts_ecr=0)
+    t.expect(flags=ACK, ack=1011)                 # rejected: dup ACK
+    assert t.mib["PAWSEstab"] == 1 and rec.data == b"a" * 10
+    t.advance(1_000)
+    t.inject(ACK, 1011, synack.seq + 1, 502, payload=b"b" * 10, ts_val=4000, ts_ecr=0)
+    t.advance(200)
+    t.expect(flags=ACK, ack=1021)                 # accepted
+    assert t.mib["PAWSEstab"] == 1 and rec.data == b"a" * 10 + b"b" * 10

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 M32 = 0xFFFFFFFF
 TCP_PAWS_MSL = 60_000               # ms: a RST is exempt once ts_recent is this old
-TCP_PAWS_WRAP = (2**31 - 1) // 1000 * 1000  # ms (~24.8 days): ts_recent this old is stale
+# ms: ts_recent this old is stale.  Linux 6.18: INT_MAX / USEC_PER_SEC = 2147 s (relaxed from
+# 24 days when microsecond TS clocks came, so a 1 MHz clock cannot wrap within the limit)
+TCP_PAWS_WRAP = (2**31 - 1) // 1_000_000 * 1000
 
 
 def paws_check(ts_recent: int, ts_recent_stamp: int, tsval: int, now: int, win: int = 0) -> bool:
