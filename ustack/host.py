@@ -485,16 +485,16 @@ class Host:
             conn.listener = None
         self.orphan_count += 1
 
-    def too_many_orphans(self, conn: Connection, shift: int = 0) -> bool:
+    def too_many_orphans(self, conn: Connection, shift: int = 0, closing: bool = False) -> bool:
         """Linux tcp_too_many_orphans: (orphans << shift) > tcp_max_orphans.  Linux reads a
-        copy of the count refreshed every 100 ms (tcp_orphan_cache), which does not yet hold
-        the socket being closed; ustack counts the other orphans."""
-        others = self.orphan_count - (1 if conn.orphan else 0)
-        return (others << shift) > self.sysctl["net.ipv4.tcp_max_orphans"]
+        copy of the count refreshed every 100 ms (tcp_orphan_cache): at close() it does not
+        yet hold the socket being closed, at the orphan's later timers it does."""
+        count = self.orphan_count - (1 if closing and conn.orphan else 0)
+        return (count << shift) > self.sysctl["net.ipv4.tcp_max_orphans"]
 
     def check_oom_on_close(self, conn: Connection) -> None:
         """tcp_close's tcp_check_oom: too many orphans, reset this one (TCPAbortOnMemory)."""
-        if conn.state != S.CLOSED and self.too_many_orphans(conn):
+        if conn.state != S.CLOSED and self.too_many_orphans(conn, closing=True):
             self.mib["TcpExtTCPAbortOnMemory"] += 1
             conn._send_rst()
             conn._destroy(None, notify=False)

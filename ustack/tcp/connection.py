@@ -545,11 +545,15 @@ class Connection:
             return
         sysctl = host.sysctl
         self.tlp_high_seq = -1
+        # counted for every firing, the one that gives up too (tcp_retransmit_timer counts
+        # before tcp_write_timeout; reqsk_timer_handler via tcp_syn_ack_timeout)
+        mib["TcpExtTCPTimeouts"] += 1
         if state == S.SYN_SENT:
             # Linux tcp_write_timeout: a count, with tcp_syn_linear_timeouts extra tries
             limit = sysctl["net.ipv4.tcp_syn_retries"] + sysctl["net.ipv4.tcp_syn_linear_timeouts"]
             if self.retransmits >= limit:
-                mib["TcpAttemptFails"] += 1
+                mib["TcpAttemptFails"] += 1                  # tcp_done from SYN-SENT
+                mib["TcpExtTCPAbortOnTimeout"] += 1          # tcp_write_err
                 self._destroy(TimeoutError(110, "Connection timed out"))
                 return
             limit = 1 << 30
@@ -586,7 +590,6 @@ class Connection:
             self.retrans_stamp = host.now
         self.retransmits += 1
         self.total_rto += 1
-        mib["TcpExtTCPTimeouts"] += 1
         if state in (S.SYN_SENT, S.SYN_RECV):
             mib["TcpRetransSegs"] += 1
             self.total_retrans += 1
@@ -781,6 +784,7 @@ class Connection:
             self.backoff = 0
             self.t_rto = NEVER
             self._set_state(S.ESTABLISHED)
+            self.last_snd_data_time = self.host.now   # lsndtime (tcp_finish_connect)
             self._init_buffer_space()
             self.cwnd = TCP_INIT_CWND if self.total_retrans <= 1 else 1  # tcp_init_transfer
             self._notify |= 1
@@ -974,6 +978,7 @@ class Connection:
             self._enter_quickack_mode()
             if self.sack_ok and self.host.sysctl["net.ipv4.tcp_dsack"]:
                 self.dsack = (seg.seq, self.rcv_nxt if _after(end_seq, self.rcv_nxt) else end_seq)
+                self.host.mib["TcpExtTCPDSACKOldSent"] += 1   # tcp_dsack_set, below rcv_nxt
         self.send_ack()
 
     def _challenge_ack(self) -> None:
@@ -1024,6 +1029,7 @@ class Connection:
             self._set_state(S.FIN_WAIT_1)
         else:
             self._set_state(S.ESTABLISHED)
+            self.last_snd_data_time = self.host.now   # lsndtime (tcp_finish_connect)
         self._init_buffer_space()
         host.mib["TcpPassiveOpens"] += 1
         self._notify |= 1
@@ -1224,6 +1230,7 @@ class Connection:
             self.host.mib["TcpExtDelayedACKLost"] += 1
             if self.sack_ok and self.host.sysctl["net.ipv4.tcp_dsack"]:
                 self.dsack = (seq, end_seq)
+                self.host.mib["TcpExtTCPDSACKOldSent"] += 1   # tcp_dsack_set, below rcv_nxt
             self._out_of_window()
             return
         if not _before(seq, (rcv_nxt + self._rcv_window_now()) & M32):
@@ -1233,6 +1240,7 @@ class Connection:
             # partial overlap: D-SACK the old part, keep the new
             if self.sack_ok and self.host.sysctl["net.ipv4.tcp_dsack"]:
                 self.dsack = (seq, rcv_nxt)
+                self.host.mib["TcpExtTCPDSACKOldSent"] += 1   # tcp_dsack_set, below rcv_nxt
             if self._rcv_window_now() == 0:
                 self._out_of_window()
                 return
