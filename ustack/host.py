@@ -158,6 +158,8 @@ class Host:
         self.listeners: dict[int, Listener] = {}
         self.ports = PortTable(self)        # who holds each local port (bind buckets)
         self.peer_ts: dict[int, tuple[int, int]] = {}   # tcp_tw_recycle: addr -> (TSval, when)
+        self.challenge_second = -1          # host-wide challenge ACK budget (RFC 5961)
+        self.challenge_count = 0
         self.outbox: list[bytes] = []
         self.orphan_count = 0
         self.ttl = self.sysctl["net.ipv4.ip_default_ttl"]
@@ -601,6 +603,22 @@ class Host:
             lifetime = max(lifetime or 0, rto35)
         self.tw.enter(conn, substate, lifetime)
         conn._destroy(None)
+
+    def challenge_ack_allowed(self) -> bool:
+        """The host-wide RFC 5961 limit of tcp_send_challenge_ack: each second a budget drawn
+        at random from [limit/2, 1.5 x limit) (so an attacker cannot count it exactly)."""
+        limit = self.sysctl["net.ipv4.tcp_challenge_ack_limit"]
+        if limit >= 2147483647:
+            return True
+        second = self.now // 1000
+        if second != self.challenge_second:
+            half = (limit + 1) >> 1
+            self.challenge_second = second
+            self.challenge_count = self.rng.randint(half, limit + half - 1) if limit else 0
+        if self.challenge_count > 0:
+            self.challenge_count -= 1
+            return True
+        return False
 
     # ------------------------------------------------------------------ tcp_tw_recycle
     def _remember_stamp(self, conn: Connection) -> None:

@@ -225,3 +225,19 @@ def test_never_from_the_fin_wait_2_substate():
     t.advance(5000)
     with pytest.raises(OSError):
         t.host.connect("198.18.0.1", 80)
+
+
+def test_host_wide_challenge_ack_limit():
+    """tcp_challenge_ack_limit: per second, a random budget in [limit/2, 1.5 limit) across all
+    connections (the per-socket limit is tcp_invalid_ratelimit)."""
+    t = Trace(net__ipv4__tcp_challenge_ack_limit=4)
+    conns = [t.passive_open(sport=41000 + i) for i in range(10)]
+    before = t.mib["TCPChallengeACK"]
+    for i, (conn, rec, synack) in enumerate(conns):    # a SYN in ESTABLISHED on each
+        t.inject(SYN, 5000, 0, 65535, sport=41000 + i, mss=1460, ts_val=300, ts_ecr=0)
+    sent = t.mib["TCPChallengeACK"] - before
+    assert 2 <= sent <= 5 and len(t.output()) == sent
+    t.advance(1000)
+    for i, (conn, rec, synack) in enumerate(conns):
+        t.inject(SYN, 5000, 0, 65535, sport=41000 + i, mss=1460, ts_val=400, ts_ecr=0)
+    assert 2 <= t.mib["TCPChallengeACK"] - before - sent <= 5

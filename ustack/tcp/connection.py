@@ -982,9 +982,11 @@ class Connection:
         self.send_ack()
 
     def _challenge_ack(self) -> None:
-        """RFC 5961 challenge ACK (Linux tcp_send_challenge_ack): per-socket rate limit first;
-        the host-wide limit is off while tcp_challenge_ack_limit is INT_MAX (the default)."""
+        """RFC 5961 challenge ACK (Linux tcp_send_challenge_ack): per-socket rate limit first,
+        then the host-wide one (off while tcp_challenge_ack_limit is INT_MAX, the default)."""
         if self._oow_limited("TcpExtTCPACKSkippedChallenge"):
+            return
+        if not self.host.challenge_ack_allowed():
             return
         self.host.mib["TcpExtTCPChallengeACK"] += 1
         self.send_ack()
