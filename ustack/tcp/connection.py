@@ -677,7 +677,7 @@ class Connection:
         self.sack_ok = bool(sysctl["net.ipv4.tcp_sack"])
         self.ts_ok = bool(sysctl["net.ipv4.tcp_timestamps"])
         if self.ts_ok:
-            self.ts_off = host.secret.ts_offset(self.laddr, self.raddr) \
+            self.ts_off = host.secret.ts_offset(self.laddr, self.raddr, self.lport, self.rport) \
                 if sysctl["net.ipv4.tcp_timestamps"] == 1 else 0
         # tcp_connect_init: the first window counts in segments of advmss less the TS option
         # when ts_recent_stamp is already set (inherited from TIME-WAIT)
@@ -710,7 +710,7 @@ class Connection:
         self.sack_ok = seg.sack_ok and bool(sysctl["net.ipv4.tcp_sack"])
         self.ts_ok = seg.has_ts and bool(sysctl["net.ipv4.tcp_timestamps"])
         if self.ts_ok:
-            self.ts_off = host.secret.ts_offset(self.laddr, self.raddr) \
+            self.ts_off = host.secret.ts_offset(self.laddr, self.raddr, self.lport, self.rport) \
                 if sysctl["net.ipv4.tcp_timestamps"] == 1 else 0
             self.ts_recent = seg.ts_val
             self.ts_recent_stamp = host.now

@@ -1,8 +1,8 @@
 """Initial sequence numbers and timestamp offsets (RFC 6528; Linux secure_tcp_seq/secure_tcp_ts_off).
 
 ISN = keyed hash of the 4-tuple + a clock that ticks every 64 ns, so a new incarnation of the
-same 4-tuple normally starts above the old one.  The TSval offset is a keyed hash of the address
-pair, so a peer cannot read our uptime from TSval and all connections to one peer share a clock.
+same 4-tuple normally starts above the old one.  The TSval offset is a keyed hash of the 4-tuple
+(Linux 6.18), so a peer cannot read our uptime from TSval.
 The core has no wall clock: the caller's `now` (milliseconds) drives both.
 """
 from __future__ import annotations
@@ -31,8 +31,13 @@ class SecretHash:
         # Linux adds ktime_get_real_ns() >> 6: 15625 ticks per millisecond.
         return (int.from_bytes(h, "big") + now_ms * 15625) & 0xFFFFFFFF
 
-    def ts_offset(self, saddr: int, daddr: int) -> int:
-        h = hashlib.blake2s(saddr.to_bytes(4, "big") + daddr.to_bytes(4, "big"),
+    def ts_offset(self, saddr: int, daddr: int, sport: int, dport: int) -> int:
+        """Linux 6.18 secure_tcp_seq_and_ts_off: the offset is keyed by the whole 4-tuple
+        (ports included again since "tcp: secure_seq: add back ports to TS offset"), so two
+        connections between the same hosts do not share a TSval clock, while a new
+        incarnation of one 4-tuple continues the old one's."""
+        h = hashlib.blake2s(saddr.to_bytes(4, "big") + daddr.to_bytes(4, "big")
+                            + sport.to_bytes(2, "big") + dport.to_bytes(2, "big"),
                             key=self._ts_key, digest_size=4).digest()
         return int.from_bytes(h, "big")
 
