@@ -18,7 +18,7 @@ Things worth knowing, all of them Linux's rules, not ours:
   (``net.core.rmem_max``, ``net.core.wmem_max``).
 
 pyroute2's synchronous ``IPRoute`` runs an event loop of its own and so cannot be used from a
-thread whose loop is running; :func:`_iproute` then does the netlink work in a short-lived thread,
+thread whose loop is running; :func:`iproute` then does the netlink work in a short-lived thread,
 which inherits the calling thread's namespace.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from pytun_pmd3.linux import TunTapDevice
 
-__all__ = ["Netns", "in_root_namespace", "setup_tun", "tun_unavailable_reason"]
+__all__ = ["Netns", "entered", "in_root_namespace", "iproute", "setup_tun", "tun_unavailable_reason"]
 
 CLONE_NEWNET = 0x40000000
 _THREAD_NS = "/proc/thread-self/ns/net"
@@ -124,7 +124,7 @@ class Netns:
         try:
             self._fd = os.open(_THREAD_NS, os.O_RDONLY | os.O_CLOEXEC)
             self._dev, self._inode = _ns_id()
-            _iproute(_set_lo_up)
+            iproute(_set_lo_up)
         except BaseException:
             _setns(saved)
             os.close(saved)
@@ -175,15 +175,8 @@ class Netns:
         if _ns_id() == (self._dev, self._inode):
             yield self
             return
-        back = os.open(_THREAD_NS, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(self._fd)
-            try:
-                yield self
-            finally:
-                _setns(back)
-        finally:
-            os.close(back)
+        with entered(self._fd):
+            yield self
 
     # -- settings -----------------------------------------------------------------------------
     def sysctl(self, name: str, value: Any) -> None:
@@ -245,7 +238,22 @@ def _sysctl_error(name: str, path: str, exc: OSError, value: Any = None) -> OSEr
 
 
 # -- netlink --------------------------------------------------------------------------------
-def _iproute(fn: Callable[[Any], T]) -> T:
+@contextlib.contextmanager
+def entered(fd: int) -> Iterator[None]:
+    """Temporarily move the calling thread into the namespace `fd` refers to (any namespace fd:
+    a Netns's, or one of /run/netns/NAME); sockets made inside stay in it."""
+    back = os.open(_THREAD_NS, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(fd)
+        try:
+            yield
+        finally:
+            _setns(back)
+    finally:
+        os.close(back)
+
+
+def iproute(fn: Callable[[Any], T]) -> T:
     """Run ``fn(ipr)`` with a pyroute2 IPRoute whose socket is in the calling thread's namespace."""
 
     def work() -> T:
@@ -354,7 +362,7 @@ def setup_tun(
             except Exception as exc:
                 raise _netlink_error(exc, what) from exc
 
-        _iproute(configure)
+        iproute(configure)
     except BaseException:
         device.close()
         raise

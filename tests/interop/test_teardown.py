@@ -9,30 +9,12 @@ import pytest
 
 from ustack import Stack
 from ustack.aio import run_until
+from tests.interop.kernel import kernel_sockets
 
 pytestmark = pytest.mark.root
 
 KERNEL = "198.18.0.1"
 USTACK = "198.18.0.2"
-
-# /proc/net/tcp state codes (include/net/tcp_states.h)
-KERNEL_STATES = {1: "ESTAB", 2: "SYN-SENT", 3: "SYN-RECV", 4: "FIN-WAIT-1", 5: "FIN-WAIT-2",
-                 6: "TIME-WAIT", 7: "CLOSED", 8: "CLOSE-WAIT", 9: "LAST-ACK", 10: "LISTEN",
-                 11: "CLOSING"}
-
-
-def kernel_sockets() -> list[tuple[int, int, str]]:
-    """(local port, remote port, state) of the kernel's TCP sockets in this namespace."""
-    out = []
-    with open("/proc/thread-self/net/tcp") as f:
-        next(f)
-        for line in f:
-            parts = line.split()
-            lport = int(parts[1].split(":")[1], 16)
-            rport = int(parts[2].split(":")[1], 16)
-            out.append((lport, rport, KERNEL_STATES[int(parts[3], 16)]))
-    return out
-
 
 def test_kernel_closes_first_kernel_holds_time_wait(netns, run):
     async def main():

@@ -34,7 +34,7 @@ import shutil
 import socket
 import struct
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,6 +42,7 @@ import pytest
 
 from ustack import Stack
 from ustack.aio import run_until
+from ustack.netns import entered, iproute
 from ustack.wire import ip_to_int
 from tests.conftest import IN_CI
 
@@ -62,37 +63,6 @@ _names = itertools.count()
 
 
 # -- namespaces ---------------------------------------------------------------------------------
-def _setns(fd: int) -> None:
-    from pyroute2 import netns as pnetns
-    pnetns.setns(fd)                         # an int: setns(2) on the calling thread, no fork
-
-
-@contextmanager
-def inside(fd: int) -> Iterator[None]:
-    """Move the calling thread into the namespace `fd` for the block (sockets made there stay)."""
-    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _setns(fd)
-        try:
-            yield
-        finally:
-            _setns(back)
-    finally:
-        os.close(back)
-
-
-def netlink(fn: Callable[[Any], Any]) -> Any:
-    """fn(ipr) with a pyroute2 IPRoute in the calling thread's namespace (no loop may run here)."""
-    from pyroute2 import IPRoute
-    loop = asyncio.SelectorEventLoop()       # as ustack.netns: a uvloop policy's loop cannot
-    try:                                     # open netlink endpoints
-        with IPRoute(use_event_loop=loop) as ipr:
-            return fn(ipr)
-    finally:
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.close()
-
-
 @contextmanager
 def client_namespaces() -> Iterator[dict[str, int]]:
     """C1 and C2 (pyroute2 named namespaces, removed on the way out), each joined to the calling
@@ -123,9 +93,9 @@ def client_namespaces() -> Iterator[dict[str, int]]:
                 ipr.link("set", index=index, state="up")
                 ipr.route("add", dst="0.0.0.0/0", gateway=router_ip)
 
-            netlink(router_side)
-            with inside(fds[client]):
-                netlink(client_side)
+            iproute(router_side)
+            with entered(fds[client]):
+                iproute(client_side)
         yield fds
     finally:
         for fd in fds.values():
@@ -210,7 +180,7 @@ def test_tw_recycle_drops_the_slower_clock_behind_a_nat(netns, run):
 
             def client_socket(client: str, ep: tuple[str, int]) -> socket.socket:
                 """A kernel socket in the client's namespace, bound to the endpoint."""
-                with inside(cfds[client]):
+                with entered(cfds[client]):
                     s = socket.socket()
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind(ep)
