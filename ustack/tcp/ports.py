@@ -96,6 +96,18 @@ def _conflict(reuseaddr: bool, reuseport: bool, other_reuseaddr: bool, other_reu
     return not (reuseport_ok and reuseport and other_reuseport)
 
 
+def _scan(low: int, high: int, remaining: int, offsets: tuple[int, ...]):
+    """Linux's port walk: for each offset (one parity, then the other), every second port of
+    [low, low + remaining) from low + offset, wrapping; yields (step, port)."""
+    for offset in offsets:
+        port = low + offset
+        for i in range(0, remaining, 2):
+            if port >= high:
+                port -= remaining
+            yield i, port
+            port += 2
+
+
 class PortTable:
     """The host's bind buckets, by port."""
 
@@ -183,18 +195,10 @@ class PortTable:
             if remaining > 1:
                 remaining &= ~1
             offset = (self.rng.randrange(remaining) if remaining > 0 else 0) | 1
-            for _pass in range(2):
-                port = low + offset
-                for _i in range(0, remaining, 2):
-                    if port >= high:
-                        port -= remaining
-                    b = self.buckets.get(port)
-                    if b is None or b.empty():
-                        return port
-                    port += 2
-                offset -= 1
-                if offset & 1:
-                    break
+            for _i, port in _scan(low, high, remaining, (offset, offset - 1)):
+                b = self.buckets.get(port)
+                if b is None or b.empty():
+                    return port
         lo, hi = self._range()
         raise OSError(errno.EADDRINUSE, f"Address already in use: no free port in "
                                         f"ip_local_port_range {lo}-{hi - 1}")
@@ -216,31 +220,22 @@ class PortTable:
         offset = (self.perturb[index] + (h >> 32)) % remaining
         offset &= ~1
         in_tw = skipped_bound = 0
-        for _pass in range(2):
-            port = low + offset
-            for i in range(0, remaining, 2):
-                if port >= high:
-                    port -= remaining
-                b = self.buckets.get(port)
-                if b is not None and not b.empty():
-                    if b.fastreuse >= 0:
-                        skipped_bound += 1
-                        port += 2
-                        continue
-                    ok, tw = check(port)
-                    if not ok:
-                        if tw is not None:
-                            in_tw += 1
-                        port += 2
-                        continue
-                else:
-                    tw = None
-                i = max(i, self.rng.randrange(8) * 2)
-                self.perturb[index] = (self.perturb[index] + i + 2) & 0xFFFFFFFF
-                return self._add(port, False, False, by_connect=True), tw
-            offset += 1
-            if not (offset & 1) or remaining <= 1:
-                break
+        offsets = (offset, offset + 1) if remaining > 1 else (offset,)
+        for i, port in _scan(low, high, remaining, offsets):
+            b = self.buckets.get(port)
+            tw = None
+            if b is not None and not b.empty():
+                if b.fastreuse >= 0:
+                    skipped_bound += 1
+                    continue
+                ok, tw = check(port)
+                if not ok:
+                    if tw is not None:
+                        in_tw += 1
+                    continue
+            i = max(i, self.rng.randrange(8) * 2)
+            self.perturb[index] = (self.perturb[index] + i + 2) & 0xFFFFFFFF
+            return self._add(port, False, False, by_connect=True), tw
         lo, hi = low, high - 1
         raise OSError(errno.EADDRNOTAVAIL,
                       f"Cannot assign requested address: all {hi - lo + 1} local ports in "
