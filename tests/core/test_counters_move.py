@@ -462,11 +462,6 @@ def test_paws_estab_rejects_old_data():
     assert bytes(rec.data) == b"fresh"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ustack's Connection._validate_incoming counts every PAWS failure but RST/SYN as PAWSEstab "
-    "and answers it; Linux 6.18's tcp_validate_incoming counts an old pure ACK (seq before "
-    "rcv_nxt, tcp_disordered_ack_check -> TCP_RFC7323_PAWS_ACK) as PAWSOldAck and drops it "
-    "without a duplicate ACK"))
 def test_paws_estab_not_moved_by_an_old_pure_ack():
     """TcpExtPAWSOldAck, not PAWSEstab: tcp_validate_incoming (Linux 6.14+)."""
     t, conn, rec, iss = established()

@@ -562,3 +562,22 @@ def test_paws_forgets_ts_recent_after_2147_seconds():
     t.advance(200)
     t.expect(flags=ACK, ack=1021)                 # accepted
     assert t.mib["PAWSEstab"] == 1 and rec.data == b"a" * 10 + b"b" * 10
+
+
+# ------------------------------------------------------------------------- ts_recent
+def test_ts_recent_not_taken_from_an_ack_of_unsent_data():
+    """tcp_ack: ts_recent is replaced (FLAG_UPDATE_TS_RECENT) only after the ACK passed the
+    'older than snd_una - max_window' and 'beyond snd_nxt' checks.  A segment that ACKs data
+    never sent is dropped with a challenge ACK; its huge TSval must not become ts_recent, or
+    every later legitimate segment fails PAWS and the connection stalls."""
+    t = Trace()
+    conn, rec, synack = t.passive_open()
+    iss = synack.seq
+    t.inject(ACK | PSH, 1001, iss + 1000, 502, payload=b"x" * 10, ts_val=0x70000000)
+    t.expect(flags=ACK, ack=1001)                 # challenge ACK; the text is not taken
+    assert conn.ts_recent == 101 and rec.data == b""
+    t.inject(ACK | PSH, 1001, iss + 1, 502, payload=b"y" * 10, ts_val=102)
+    t.advance(200)
+    t.output()
+    assert bytes(rec.data) == b"y" * 10 and conn.ts_recent == 102
+    assert t.mib["TcpExtPAWSEstab"] == 0

@@ -51,6 +51,10 @@ def skb_truesize(payload_len: int) -> int:
 MAX_WSCALE = 14
 
 
+PAWS_DATA = 1     # tcp_disordered_ack_check: SKB_DROP_REASON_TCP_RFC7323_PAWS
+PAWS_ACK = 2      # ... SKB_DROP_REASON_TCP_RFC7323_PAWS_ACK
+
+
 def _before(a: int, b: int) -> bool:
     """a precedes b in sequence space (Linux before())."""
     return ((a - b) & M32) > 0x7FFFFFFF
@@ -846,8 +850,6 @@ class Connection:
             # Step 5: the ACK field
             if not flags & ACK:
                 return
-            if self.ts_ok and seg.has_ts:
-                self._update_ts_recent(seg)  # tcp_replace_ts_recent, once PAWS has passed
             if state == S.SYN_RECV:
                 if not self._synrecv_ack(seg):
                     return
@@ -887,14 +889,17 @@ class Connection:
         flags = seg.flags
         state = self.state
         # PAWS (RFC 7323 §5; tcp_paws_discard)
-        if self.ts_ok and seg.has_ts and self._paws_discard(seg):
-            if not flags & RST:
-                if flags & SYN:
-                    return self._syn_challenge()
-                mib["TcpExtPAWSEstab"] += 1
-                if not self._oow_rate_limited(seg, "TcpExtTCPACKSkippedPAWS"):
-                    self._send_dupack(seg)
+        if self.ts_ok and seg.has_ts and not flags & RST and (why := self._paws_discard(seg)):
+            # (a RST is accepted even when it fails PAWS)
+            if flags & SYN:
+                return self._syn_challenge()
+            if why == PAWS_ACK:
+                mib["TcpExtPAWSOldAck"] += 1   # old ACKs are common: no duplicate ACK
                 return False
+            mib["TcpExtPAWSEstab"] += 1
+            if not self._oow_rate_limited(seg, "TcpExtTCPACKSkippedPAWS"):
+                self._send_dupack(seg)
+            return False
         # Step 1: sequence number check (tcp_sequence)
         seg_len = len(seg.payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
         if not self._acceptable(seg, seg_len):
@@ -942,17 +947,29 @@ class Connection:
         return seg.seq == ((self.rcv_nxt - 1) & M32) and \
             self.state in (S.CLOSE_WAIT, S.LAST_ACK, S.CLOSING)
 
-    def _paws_discard(self, seg: Any) -> bool:
-        """Linux tcp_paws_discard: TSval older than ts_recent (window 1), unless the segment is
-        a reordered pure ACK (tcp_disordered_ack)."""
+    def _paws_discard(self, seg: Any) -> int:
+        """Linux tcp_paws_check + tcp_disordered_ack_check: 0 when the segment passes PAWS
+        (or is a reordered duplicate ACK that changes nothing), PAWS_ACK for an old pure ACK
+        (seq before rcv_nxt: dropped silently, Linux 6.14+), PAWS_DATA otherwise."""
         if paws_check(self.ts_recent, self.ts_recent_stamp, seg.ts_val, self.host.now, 1):
-            return False
-        # tcp_disordered_ack: a pure duplicate ACK that changes nothing may be late, not old
-        if seg.flags == ACK and not seg.payload and seg.seq == self.rcv_nxt and \
-                seg.ack == self.snd_una and (seg.window << self.snd_wscale) == self.snd_wnd and \
-                ((self.ts_recent - seg.ts_val) & M32) <= max(self.rto, 1) * 1:
-            return False
-        return True
+            return 0
+        if not seg.flags & ACK or seg.payload or seg.flags & (SYN | FIN):
+            return PAWS_DATA                              # 1. not a pure ACK
+        if seg.seq != self.rcv_nxt:                       # 2. not the expected sequence
+            return PAWS_ACK if _before(seg.seq, self.rcv_nxt) else PAWS_DATA
+        if seg.ack != self.snd_una:                       # 3. not a duplicate ACK
+            return PAWS_DATA
+        if self._may_update_window(seg.ack, seg.seq, seg.window << self.snd_wscale):
+            return PAWS_DATA                              # 4. it updates the window
+        # 5. within the replay window: tcp_tsval_replay, 1.2 RTO in TSval units (ms)
+        if ((self.ts_recent - seg.ts_val) & M32) > self.rto * 1200 // 1000:
+            return PAWS_DATA
+        return 0
+
+    def _may_update_window(self, ack: int, seq: int, window: int) -> bool:
+        """Linux tcp_may_update_window: the SND.WL1/SND.WL2 rule, or a larger window."""
+        return _after(ack, self.snd_una) or _after(seq, self.snd_wl1) or \
+            (seq == self.snd_wl1 and (window > self.snd_wnd or not _before(ack, self.snd_wl2)))
 
     def _oow_rate_limited(self, seg: Any, mib_name: str) -> bool:
         """Linux tcp_oow_rate_limited: one out-of-window ACK per tcp_invalid_ratelimit ms per
@@ -1060,8 +1077,12 @@ class Connection:
             if _before(ack, (self.snd_una - self.max_window) & M32):
                 self._challenge_ack()  # too old to be a duplicate (tcp_ack, RFC 5961 §5.2)
                 return False
-            # old duplicate ACK: ignore the ACK, keep the text
+            # old duplicate ACK: ignore the ACK, keep the text (ts_recent stays)
             return True
+        # tcp_ack: ts_recent is taken only from a segment whose ACK passed both checks above
+        # (tcp_replace_ts_recent under FLAG_UPDATE_TS_RECENT)
+        if self.ts_ok and seg.has_ts:
+            self._update_ts_recent(seg)
         self.probes = 0   # tcp_ack: any acceptable ACK, even one with window 0
         # window update (RFC 9293 §3.10.7.4, SND.WL1/SND.WL2 rule)
         window = seg.window << self.snd_wscale
