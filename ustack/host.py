@@ -27,6 +27,7 @@ from ustack.tcp import states as S
 from ustack.tcp.connection import NEVER, NULL_USER, Connection, ConnectionUser, _after
 from ustack.tcp.isn import SecretHash
 from ustack.tcp.ports import PortBinding, PortTable
+from ustack.tcp.timers import T_FIN_WAIT2
 from ustack.tcp.timewait import TW_ACK, TW_RST, TW_SYN, TimeWait, TimeWaitTable
 from ustack.wire import int_to_ip, ip_to_int
 
@@ -551,11 +552,11 @@ class Host:
         twlen = self.tw.timewait_len()
         if tmo > twlen:
             conn.t_misc = self.now + tmo - twlen
-            conn.misc_kind = "fin_wait2"
+            conn.misc_kind = T_FIN_WAIT2
         elif seg.flags & FIN:
             # "Bad case": keep the full socket so the FIN in this segment is not lost
             conn.t_misc = self.now + tmo
-            conn.misc_kind = "fin_wait2"
+            conn.misc_kind = T_FIN_WAIT2
         else:
             self.enter_timewait(conn, S.FIN_WAIT_2, tmo)
             return False
@@ -574,7 +575,7 @@ class Host:
         twlen = self.tw.timewait_len()
         if tmo > twlen:
             conn.t_misc = self.now + tmo - twlen
-            conn.misc_kind = "fin_wait2"
+            conn.misc_kind = T_FIN_WAIT2
             conn._arm()
         else:
             self.enter_timewait(conn, S.FIN_WAIT_2, tmo)

@@ -13,7 +13,8 @@ import warnings
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
-# name -> (default, kind, minimum, maximum).  kind is int or "range" (two ints).
+# name -> (default, kind, minimum, maximum).  kind is int, "range" (two ints), "triple"
+# (three ints) or "congestion" (a congestion control module's name).
 _INT_MIN = -(2**31)
 _INT_MAX = 2**31 - 1
 
@@ -54,6 +55,10 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
     "net.ipv4.tcp_dsack": (1, int, 0, 1),
     "net.ipv4.tcp_fack": (0, int, 0, 1),
     "net.ipv4.tcp_frto": (2, int, 0, 2),
+    "net.ipv4.tcp_reordering": (3, int, 1, _INT_MAX),
+    "net.ipv4.tcp_max_reordering": (300, int, 1, _INT_MAX),
+    "net.ipv4.tcp_retrans_collapse": (1, int, 0, 1),
+    "net.ipv4.tcp_congestion_control": ("cubic", "congestion", 0, 0),
     "net.ipv4.tcp_moderate_rcvbuf": (1, int, 0, 1),
     "net.ipv4.tcp_autocorking": (1, int, 0, 1),
     "net.ipv4.tcp_tso_win_divisor": (3, int, 1, 255),
@@ -108,6 +113,13 @@ class Sysctl(MutableMapping[str, Any]):
 
     @staticmethod
     def _check(key: str, value: Any, kind: Any, lo: int, hi: int) -> Any:
+        if kind == "congestion":
+            from ustack.tcp.cong import available
+            name = str(value).strip()
+            if name not in available():
+                raise ValueError(f"{key}: no congestion control named {name!r} (ustack has "
+                                 f"{', '.join(available())})")
+            return name
         if kind is int:
             if isinstance(value, str):
                 value = value.strip()

@@ -540,9 +540,6 @@ def test_dsack_old_sent_not_moved_by_out_of_order_sack():
     c.assert_moved(TcpExtTCPDSACKOldSent=0, TcpExtTCPDSACKOfoSent=0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ustack ignores the SACK blocks of incoming ACKs (no tcp_sacktag_write_queue / "
-    "tcp_check_dsack), so a D-SACK from the peer is never counted"))
 def test_dsack_recv_for_a_spurious_loss_probe():
     """TcpExtTCPDSACKRecv: tcp_check_dsack (tcp_input.c), from tcp_sacktag_write_queue in
     tcp_ack, when the first SACK block lies below the ACK number."""

@@ -219,7 +219,7 @@ def test_tail_loss_probe_then_rto_and_backoff():
 
 
 def test_rto_without_sack_has_no_probe():
-    t = Trace(net__ipv4__tcp_sack=0)
+    t = Trace(net__ipv4__tcp_sack=0, net__ipv4__tcp_congestion_control="reno")
     conn, rec, synack = t.passive_open()
     conn.send(b"z" * 100)
     first = t.expect(length=100)
@@ -233,18 +233,63 @@ def test_rto_without_sack_has_no_probe():
     assert t.mib["TCPLossProbes"] == 0
 
 
-def test_fast_retransmit_on_three_dupacks():
-    t = Trace()
+def test_fast_retransmit_on_three_dupacks_without_sack():
+    """A peer without SACK: the third duplicate ACK marks the head lost (tcp_add_reno_sack,
+    tcp_newreno_mark_lost), Recovery starts (TCPRenoRecovery) and the head goes again."""
+    t = Trace(net__ipv4__tcp_sack=0, net__ipv4__tcp_congestion_control="reno")
     conn, rec, synack = t.passive_open()
     iss = synack.seq
     conn.nodelay = True
     conn.send(b"d" * (1448 * 5))
     segs = t.output()
     assert len(segs) == 5
-    for i in range(3):
+    for i in range(2):
         t.inject(ACK, 1001, iss + 1, 502, ts_val=110 + i, ts_ecr=0)
+    t.expect_nothing()
+    t.inject(ACK, 1001, iss + 1, 502, ts_val=112, ts_ecr=0)
     t.expect(seq=iss + 1, length=1448)
-    assert t.mib["TcpExtTCPFastRetrans"] == 1
+    assert t.mib["TcpExtTCPFastRetrans"] == 1 and t.mib["TcpExtTCPRenoRecovery"] == 1
+    assert conn.ssthresh == 5      # half the window (tcp_reno_ssthresh)
+
+
+def test_plain_dupacks_do_not_recover_a_sack_connection():
+    """With SACK agreed, duplicate ACKs without SACK blocks prove nothing (Linux counts
+    "reno SACKs" only for non-SACK peers): no retransmission until the loss probe."""
+    t = Trace()
+    conn, rec, synack = t.passive_open()
+    iss = synack.seq
+    conn.nodelay = True
+    conn.send(b"d" * (1448 * 5))
+    assert len(t.output()) == 5
+    for i in range(3):
+        t.inject(ACK, 1001, iss + 1, 502, ts_val=110 + i)
+    t.expect_nothing()
+
+
+def test_sack_recovery_retransmits_the_hole():
+    """SACK blocks for three segments after a hole: RACK marks the hole lost at once (no
+    reordering seen, dupthresh segments SACKed: reo_wnd 0), SACK recovery starts and the
+    hole is retransmitted; PRR lets one more segment out per segment delivered."""
+    t = Trace(net__ipv4__tcp_congestion_control="reno")
+    conn, rec, synack = t.passive_open()
+    iss = synack.seq
+    conn.nodelay = True
+    mss = 1448
+    conn.send(b"d" * (mss * 10))
+    assert len(t.output()) == 10
+    s = iss + 1
+    t.advance(1)
+    t.inject(ACK, 1001, s, 502, ts_val=112, sack_blocks=((s + mss, s + 4 * mss),))
+    t.expect(seq=s, length=mss)
+    assert t.mib["TcpExtTCPSackRecovery"] == 1 and t.mib["TcpExtTCPFastRetrans"] == 1
+    assert conn.rec.lost_out == 1 and conn.rec.retrans_out == 1 and conn.rec.sacked_out == 3
+    assert conn.ssthresh == 5
+    # the retransmission is ACKed with the rest: recovery ends at high_seq with cwnd =
+    # ssthresh (tcp_end_cwnd_reduction), then the same ACK's 7 newly delivered segments grow
+    # it in congestion avoidance (tcp_cong_control runs after tcp_fastretrans_alert)
+    t.advance(10)
+    t.inject(ACK, 1001, s + 10 * mss, 502, ts_val=113)
+    assert conn.rec.ca_state == 0 and conn.cwnd == 6 and conn.rec.packets_out == 0
 
 
 def test_zero_window_probe():

@@ -17,8 +17,16 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ustack._segment import ACK, FIN, PSH, RST, SYN, build_tcp
+from ustack.tcp import cong
 from ustack.tcp import states as S
+from ustack.tcp.cong import CA_CWR, CA_LOSS, CA_OPEN, TCP_INFINITE_SSTHRESH
 from ustack.tcp.paws import paws_check
+from ustack.tcp.recovery import (FLAG_ACKED, FLAG_CA_ALERT, FLAG_DATA, FLAG_DATA_ACKED,
+                                 FLAG_DSACKING_ACK, FLAG_DSACK_TLP, FLAG_FORWARD_PROGRESS,
+                                 FLAG_NOT_DUP, FLAG_SET_XMIT_TIMER, FLAG_SND_UNA_ADVANCED,
+                                 FLAG_WIN_UPDATE, REXMIT_NEW, REXMIT_NONE, Recovery, Skb)
+from ustack.tcp.timers import (T_FIN_WAIT2, T_NONE, T_LOSS_PROBE, T_PROBE0, T_REO_TIMEOUT, T_RETRANS,
+                               timer_name)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ustack.host import Host
@@ -112,8 +120,10 @@ class Connection:
         # options
         "ts_ok", "ts_off", "ts_recent", "ts_recent_stamp", "sack_ok", "wscale_ok",
         # congestion control and RTT (RFC 5681, RFC 6298)
-        "cwnd", "cwnd_cnt", "ssthresh", "dupacks", "recover", "in_recovery", "srtt", "rttvar", "rto",
-        "rtt_seq", "rtt_time", "sent_times", "syn_time", "backoff", "retransmits", "retrans_stamp", "total_retrans",
+        "cwnd", "cwnd_cnt", "ssthresh", "cwnd_clamp", "prior_cwnd", "cwnd_stamp", "cwnd_used",
+        "is_cwnd_limited", "max_packets_out", "cwnd_usage_seq", "ca", "rec", "rcv_tsecr_ms",
+        "srtt", "rttvar", "rto",
+        "syn_time", "backoff", "retransmits", "retrans_stamp", "total_retrans",
         # delayed ACK (Linux icsk_ack)
         "ack_pending", "ack_now", "ack_pushed", "quickack", "pingpong", "ato", "lrcvtime",
         "last_seg_size", "dsack", "last_oow_ack", "last_snd_data_time",
@@ -178,16 +188,20 @@ class Connection:
         self.wscale_ok = False
         self.cwnd = TCP_INIT_CWND
         self.cwnd_cnt = 0
-        self.ssthresh = 0x7FFFFFFF
-        self.dupacks = 0
-        self.recover = 0
-        self.in_recovery = False
+        self.ssthresh = TCP_INFINITE_SSTHRESH
+        self.cwnd_clamp = 0xFFFFFFFF
+        self.prior_cwnd = 0
+        self.cwnd_stamp = now
+        self.cwnd_used = 0
+        self.is_cwnd_limited = False
+        self.max_packets_out = 0
+        self.cwnd_usage_seq = 0
+        self.ca = cong.create(sysctl["net.ipv4.tcp_congestion_control"])
+        self.rec = Recovery(self)
+        self.rcv_tsecr_ms: int | None = None   # the last ACK's TSecr on our clock (or None)
         self.srtt = 0
         self.rttvar = 0
         self.rto = TCP_TIMEOUT_INIT
-        self.rtt_seq = -1
-        self.rtt_time = 0
-        self.sent_times: deque[tuple[int, int]] = deque()  # (end seq, first sent) in flight
         self.syn_time = now
         self.backoff = 0
         self.retransmits = 0
@@ -205,11 +219,11 @@ class Connection:
         self.last_oow_ack = -1
         self.tlp_high_seq = -1
         self.tlp_retrans = False
-        self.rto_kind = "rto"
+        self.rto_kind = T_RETRANS
         self.total_rto = 0
         self.last_snd_data_time = 0
         self.t_rto = self.t_delack = self.t_misc = NEVER
-        self.misc_kind = ""
+        self.misc_kind = T_NONE
         self.timer = None
         self.nodelay = False
         self.linger: int | None = None
@@ -420,33 +434,51 @@ class Connection:
             wheel.reschedule(self.timer, d)
 
     def _head_time(self) -> int:
-        """When the first unacknowledged segment was sent (Linux: its skb timestamp)."""
+        """When the first unacknowledged segment was last sent (Linux: its skb timestamp)."""
         if self.state in (S.SYN_SENT, S.SYN_RECV):
             return self.syn_time
-        return self.sent_times[0][1] if self.sent_times else self.host.now
+        rtx = self.rec.rtx
+        return rtx[0].time if rtx else self.host.now
+
+    def rto_pending(self) -> bool:
+        """icsk_pending == ICSK_TIME_RETRANS."""
+        return self.t_rto != NEVER and self.rto_kind == T_RETRANS
+
+    def reo_pending(self) -> bool:
+        return self.t_rto != NEVER and self.rto_kind == T_REO_TIMEOUT
+
+    def arm_reo_timer(self, timeout: int) -> None:
+        """RACK's reordering timer (ICSK_TIME_REO_TIMEOUT), no later than the RTO would be."""
+        self.t_rto = self.host.now + min(timeout, self.rto)
+        self.rto_kind = T_REO_TIMEOUT
+
+    def _reset_rto_timer(self) -> None:
+        """tcp_reset_xmit_timer(ICSK_TIME_RETRANS, icsk_rto): a full RTO from now."""
+        self.t_rto = self.host.now + min(self.rto << self.backoff, TCP_RTO_MAX)
+        self.rto_kind = T_RETRANS
 
     def _rearm_rto(self) -> None:
-        """Linux tcp_rearm_rto: a full RTO from now; when the pending timer was a loss probe,
-        the RTO still counts from when the head segment was sent."""
-        if self.snd_max != self.snd_una or (self.state in (S.SYN_SENT, S.SYN_RECV)):
+        """Linux tcp_rearm_rto: a full RTO from now; when the pending timer was a loss probe
+        or RACK's, the RTO still counts from when the head segment was sent."""
+        if self.rec.rtx or (self.state in (S.SYN_SENT, S.SYN_RECV)):
             rto = min(self.rto << self.backoff, TCP_RTO_MAX)
             now = self.host.now
-            if self.rto_kind == "tlp":
+            if self.t_rto != NEVER and self.rto_kind in (T_LOSS_PROBE, T_REO_TIMEOUT):
                 delta = self._head_time() + rto - now
                 rto = max(delta, 1)
-            self.rto_kind = "rto"
+            self.rto_kind = T_RETRANS
             self.t_rto = now + rto
         else:
-            self.rto_kind = "rto"
+            self.rto_kind = T_RETRANS
             self.t_rto = NEVER
 
     def _schedule_loss_probe(self, advancing_rto: bool) -> bool:
         """Linux tcp_schedule_loss_probe (tcp_early_retrans 3 or 4): probe the tail after
-        about two RTTs instead of waiting for the RTO; SACK connections in the Open state only."""
+        about two RTTs instead of waiting for the RTO; SACK connections in Open or CWR only."""
         if self.host.sysctl["net.ipv4.tcp_early_retrans"] not in (3, 4) or not self.sack_ok \
-                or self.in_recovery or self.snd_max == self.snd_una or self.retransmits:
+                or self.rec.ca_state not in (CA_OPEN, CA_CWR):
             return False
-        packets_out = len(self.sent_times)
+        packets_out = self.rec.packets_out
         if packets_out == 0:
             return False
         if self.srtt:
@@ -454,55 +486,40 @@ class Connection:
         else:
             timeout = TCP_TIMEOUT_INIT
         now = self.host.now
-        rto_delta = self.rto if advancing_rto else \
-            (self.t_rto - now if self.t_rto != NEVER else self.rto)
+        if advancing_rto:
+            rto_delta = self.rto
+        else:
+            rto_delta = self._head_time() + min(self.rto << self.backoff, TCP_RTO_MAX) - now
         if rto_delta > 0:
             timeout = min(timeout, rto_delta)
         self.t_rto = now + max(timeout, 1)
-        self.rto_kind = "tlp"
+        self.rto_kind = T_LOSS_PROBE
         return True
 
     def _send_loss_probe(self) -> None:
         """Linux tcp_send_loss_probe: new data if the window allows, else the last segment
-        again; then a full RTO from now."""
+        again (not marked as a retransmission); then a full RTO from now."""
         host = self.host
         if self.tlp_high_seq < 0 and self.state != S.CLOSED:
             before = self.snd_nxt
             mss = self._effective_mss()
-            if self._unsent() > 0 and self.snd_wnd >= min(self._unsent(), mss) + \
-                    ((self.snd_nxt - self.snd_una) & M32):
-                saved = self.nodelay
-                self.nodelay = True
-                self._output(force_one=True, probe=True)
-                self.nodelay = saved
-                sent = self.snd_nxt != before
+            unsent = self._unsent()
+            sent = False
+            if unsent > 0 and not _after((self.snd_nxt + min(unsent, mss)) & M32,
+                                         (self.snd_una + self.snd_wnd) & M32):
                 self.tlp_retrans = False
-            else:
-                sent = self._retransmit_tail()
-                self.tlp_retrans = sent
+                self._output(push_one=2)
+                sent = self.snd_nxt != before
+            elif self.rec.rtx:
+                skb = self.rec.rtx[-1]
+                self._transmit_skb(skb)
+                self.tlp_retrans = True
+                sent = True
             if sent:
                 self.tlp_high_seq = self.snd_nxt
                 host.mib["TcpExtTCPLossProbes"] += 1
-                self.rto_kind = "rto"
+                self.t_rto = NEVER      # icsk_pending = 0: the RTO counts from now
         self._rearm_rto()
-
-    def _retransmit_tail(self) -> bool:
-        """Send the last segment in flight again (the TLP's probe)."""
-        times = self.sent_times
-        if not times:
-            return False
-        end = times[-1][0]
-        start = times[-2][0] if len(times) > 1 else self.snd_una
-        off = (start - self.snd_una) & M32
-        length = (end - start) & M32
-        fin = self.fin_queued and end == ((self.fin_seq + 1) & M32)
-        n = length - (1 if fin else 0)
-        payload = bytes(self.sndq[off:off + n]) if n > 0 else b""
-        flags = ACK | (FIN if fin else 0) | (PSH if payload and off + n == len(self.sndq) else 0)
-        self._emit(flags, start, payload)
-        self.host.mib["TcpRetransSegs"] += 1
-        self.total_retrans += 1
-        return True
 
     def on_timer(self) -> None:
         """Called by the host when this connection's wheel entry fires."""
@@ -521,18 +538,22 @@ class Connection:
                 self.send_ack()
         if self.t_rto <= now:
             self.t_rto = NEVER
-            if self.rto_kind == "tlp":
-                self.rto_kind = "rto"
+            kind = self.rto_kind
+            self.rto_kind = T_RETRANS
+            if kind == T_LOSS_PROBE:
                 self._send_loss_probe()
+            elif kind == T_REO_TIMEOUT:
+                if self.state != S.CLOSED:
+                    self.rec.reo_timeout()    # tcp_rack_reo_timeout
             else:
                 self._retransmit_timer()
         if self.t_misc <= now and self.state != S.CLOSED:
             kind = self.misc_kind
             self.t_misc = NEVER
-            self.misc_kind = ""
-            if kind == "persist":
+            self.misc_kind = T_NONE
+            if kind == T_PROBE0:
                 self._probe_timer()
-            elif kind == "fin_wait2":
+            elif kind == T_FIN_WAIT2:
                 # tcp_keepalive_timer for an orphan in FIN-WAIT-2 whose timeout is longer than
                 # TIME-WAIT: after waiting (timeout - TIME-WAIT length) it becomes a record.
                 self.host.fin_wait2_timer(self)
@@ -547,6 +568,8 @@ class Connection:
         state = self.state
         if state == S.CLOSED:
             return
+        if state not in (S.SYN_SENT, S.SYN_RECV) and not self.rec.rtx:
+            return      # nothing in flight (tcp_retransmit_timer: !packets_out)
         sysctl = host.sysctl
         self.tlp_high_seq = -1
         # counted for every firing, the one that gives up too (tcp_retransmit_timer counts
@@ -588,10 +611,21 @@ class Connection:
             mib["TcpExtTCPAbortOnTimeout"] += 1
             self._destroy(TimeoutError(110, "Connection timed out"))
             return
-        if self.retransmits == 0:
-            # Linux tcp_retransmit_skb stamps the first RTO retransmission (a loss probe
-            # does not): the retry limit counts from here
-            self.retrans_stamp = host.now
+        if state in (S.SYN_SENT, S.SYN_RECV):
+            if self.retransmits == 0:
+                self.retrans_stamp = host.now
+        elif self.retransmits == 0:
+            # which recovery failed (tcp_retransmit_timer, first firing only)
+            rec = self.rec
+            if rec.ca_state == cong.CA_RECOVERY:
+                mib["TcpExtTCPSackRecoveryFail" if self.sack_ok else
+                    "TcpExtTCPRenoRecoveryFail"] += 1
+            elif rec.ca_state == CA_LOSS:
+                mib["TcpExtTCPLossFailures"] += 1
+            elif rec.ca_state == cong.CA_DISORDER or rec.sacked_out:
+                mib["TcpExtTCPSackFailures" if self.sack_ok else "TcpExtTCPRenoFailures"] += 1
+        if state not in (S.SYN_SENT, S.SYN_RECV):
+            self.rec.enter_loss()                          # tcp_enter_loss
         self.retransmits += 1
         self.total_rto += 1
         if state in (S.SYN_SENT, S.SYN_RECV):
@@ -604,21 +638,13 @@ class Connection:
             mib["TcpExtTCPSynRetrans"] += 1
             self._emit(SYN | ACK, self.iss, syn_options=True)
         else:
-            # RFC 5681 §3.1 eq. 4, then go-back-N from snd_una
-            flight = (self.snd_max - self.snd_una) & M32
-            self.ssthresh = max(flight // 2, 2 * self._effective_mss())
-            self.cwnd = 1
-            self.in_recovery = False
-            self.dupacks = 0
-            self.rtt_seq = -1
-            self.snd_nxt = self.snd_una
-            self.sent_times.clear()
-            self._output(force_one=True)
+            # the head again; the rest as ACKs come back (tcp_xmit_retransmit_queue in Loss)
+            self._retransmit_skb(self.rec.rtx[0])
         if state != S.SYN_SENT or \
                 self.total_rto > sysctl["net.ipv4.tcp_syn_linear_timeouts"]:
             self.backoff = min(self.backoff + 1, 15)
-        self.rto_kind = "rto"
-        self._rearm_rto()
+        self.rto_kind = T_RETRANS
+        self._reset_rto_timer()
 
     def _probe_timer(self) -> None:
         """Zero-window probe (Linux tcp_probe_timer / tcp_send_probe0)."""
@@ -647,7 +673,7 @@ class Connection:
         if self.backoff < retries2:
             self.backoff += 1
         self.t_misc = self.host.now + min(self.rto << self.backoff, TCP_RTO_MAX)
-        self.misc_kind = "persist"
+        self.misc_kind = T_PROBE0
 
     # ------------------------------------------------------------------ open
     def _init_local(self) -> None:
@@ -761,7 +787,7 @@ class Connection:
                     # (TCP_TIMEOUT_MIN, 2 jiffies) so a stale peer state is cleared quickly
                     if self.retransmits == 0:
                         self.t_rto = host.now + TCP_TIMEOUT_MIN
-                        self.rto_kind = "rto"
+                        self.rto_kind = T_RETRANS
                 return
             if self.ts_ok and seg.has_ts and seg.ts_ecr:
                 # RFC 7323 §5.5 / Linux: a TSecr we never sent (outside [first SYN, now])
@@ -790,7 +816,7 @@ class Connection:
             self._set_state(S.ESTABLISHED)
             self.last_snd_data_time = self.host.now   # lsndtime (tcp_finish_connect)
             self._init_buffer_space()
-            self.cwnd = TCP_INIT_CWND if self.total_retrans <= 1 else 1  # tcp_init_transfer
+            self._init_transfer()
             self._notify |= 1
             # (text or FIN on a SYN-ACK is not taken without Fast Open: only irs+1 is ACKed)
             self.send_ack()
@@ -969,7 +995,7 @@ class Connection:
     def _may_update_window(self, ack: int, seq: int, window: int) -> bool:
         """Linux tcp_may_update_window: the SND.WL1/SND.WL2 rule, or a larger window."""
         return _after(ack, self.snd_una) or _after(seq, self.snd_wl1) or \
-            (seq == self.snd_wl1 and (window > self.snd_wnd or not _before(ack, self.snd_wl2)))
+            (seq == self.snd_wl1 and (window > self.snd_wnd or not window))
 
     def _oow_rate_limited(self, seg: Any, mib_name: str) -> bool:
         """Linux tcp_oow_rate_limited: one out-of-window ACK per tcp_invalid_ratelimit ms per
@@ -1050,11 +1076,29 @@ class Connection:
             self._set_state(S.ESTABLISHED)
             self.last_snd_data_time = self.host.now   # lsndtime (tcp_finish_connect)
         self._init_buffer_space()
+        self._init_transfer()
         host.mib["TcpPassiveOpens"] += 1
         self._notify |= 1
         if self.listener is not None:
             host.child_established(self)
         return True
+
+    def _init_transfer(self) -> None:
+        """Linux tcp_init_transfer: the initial window (1 after a retransmitted SYN that
+        could not be undone), then the congestion module starts."""
+        self.cwnd = TCP_INIT_CWND if self.total_retrans <= 1 else 1
+        self.cwnd_stamp = self.host.now
+        self.ca.init(self)
+
+    def set_congestion_control(self, name: str) -> None:
+        """TCP_CONGESTION: switch this connection's module (a fresh instance)."""
+        self.ca = cong.create(name)
+        if self.state not in (S.CLOSED, S.LISTEN, S.SYN_SENT, S.SYN_RECV):
+            self.ca.init(self)
+
+    @property
+    def congestion_control(self) -> str:
+        return self.ca.name
 
     def _update_ts_recent(self, seg: Any) -> None:
         """RFC 7323 §4.3 (Linux tcp_replace_ts_recent): only from a segment covering rcv_wup."""
@@ -1064,84 +1108,105 @@ class Connection:
             self.ts_recent_stamp = self.host.now
 
     def _process_ack(self, seg: Any) -> bool:
-        """Linux tcp_ack(): returns False when the segment must be dropped."""
+        """Linux tcp_ack(): returns False when the segment must be dropped.
+
+        The order is Linux's: the old-ACK and unsent-data checks, ts_recent, the window,
+        SACK tagging, the cumulative ACK (RTT, RACK), the tail loss probe's outcome, the
+        recovery state machine for dubious ACKs, the RTO/TLP timer, then the congestion
+        module (or PRR during a reduction) and the retransmission of what is lost."""
         ack = seg.ack
         host = self.host
         state = self.state
+        rec = self.rec
+        prior_snd_una = self.snd_una
+        sack = seg.sack_blocks if self.sack_ok else ()
+        self.rcv_tsecr_ms = (seg.ts_ecr - self.ts_off) & M32 \
+            if self.ts_ok and seg.has_ts and seg.ts_ecr else None
+        if _before(ack, prior_snd_una):
+            if _before(ack, (prior_snd_una - self.max_window) & M32):
+                self._challenge_ack()  # too old to be a duplicate (tcp_ack, RFC 5961 §5.2)
+                return False
+            # old_ack: SACK information is still used; the text is kept (ts_recent stays)
+            if sack:
+                sstate: dict[str, Any] = {}
+                flag = rec.sacktag(sack, ack, prior_snd_una, sstate)
+                flag, rexmit = rec.fastretrans_alert(prior_snd_una, 0, flag)
+                self._xmit_recovery(rexmit)
+            return True
         if _after(ack, self.snd_max):
             # ACK for data we never sent: dropped with a challenge ACK (RFC 5961 §5.2; the
             # kernel on the test machine answers it in ESTABLISHED too)
             self._challenge_ack()
             return False
-        if _before(ack, self.snd_una):
-            if _before(ack, (self.snd_una - self.max_window) & M32):
-                self._challenge_ack()  # too old to be a duplicate (tcp_ack, RFC 5961 §5.2)
-                return False
-            # old duplicate ACK: ignore the ACK, keep the text (ts_recent stays)
-            return True
         # tcp_ack: ts_recent is taken only from a segment whose ACK passed both checks above
         # (tcp_replace_ts_recent under FLAG_UPDATE_TS_RECENT)
         if self.ts_ok and seg.has_ts:
             self._update_ts_recent(seg)
         self.probes = 0   # tcp_ack: any acceptable ACK, even one with window 0
-        # window update (RFC 9293 §3.10.7.4, SND.WL1/SND.WL2 rule)
+        flag = 0
+        if _after(ack, prior_snd_una):
+            flag |= FLAG_SND_UNA_ADVANCED
+            self.retransmits = 0
+        prior_fack = rec.highest_sack_seq()
+        prior_packets = rec.packets_out
+        prior_delivered = rec.delivered
+        lost_before = rec.lost_out
+        if seg.payload or seg.flags & FIN:
+            flag |= FLAG_DATA
+        else:
+            host.mib["TcpExtTCPPureAcks"] += 1
+        # window update (tcp_ack_update_window: the SND.WL1/SND.WL2 rule)
         window = seg.window << self.snd_wscale
-        window_changed = False
-        if _before(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and
-                                              not _before(ack, self.snd_wl2)):
+        if self._may_update_window(ack, seg.seq, window):
+            flag |= FLAG_WIN_UPDATE
+            self.snd_wl1 = seg.seq
             if window != self.snd_wnd:
-                window_changed = True
-                if self.snd_wnd == 0 and window > 0 and self.misc_kind == "persist":
+                if self.snd_wnd == 0 and window > 0 and self.misc_kind == T_PROBE0:
                     self.t_misc = NEVER
-                    self.misc_kind = ""
+                    self.misc_kind = T_NONE
                     self.probes = 0
                     self.backoff = 0
-            self.snd_wnd = window
-            self.snd_wl1 = seg.seq
-            self.snd_wl2 = ack
-            if window > self.max_window:
-                self.max_window = window
-        if ack == self.snd_una:
-            if self.snd_max != self.snd_una and not seg.payload and not window_changed \
-                    and not seg.flags & FIN:
-                self._dupack()
-            elif window_changed:
-                self._output()
-            return True
-        acked = (ack - self.snd_una) & M32
-        # RTT measurement (RFC 7323 §4.1 with TS, else Karn's algorithm); a valid sample
-        # ends the backoff (tcp_ack_update_rtt)
-        if self.ts_ok and seg.has_ts and seg.ts_ecr:
-            self._rtt_sample((host.now + self.ts_off - seg.ts_ecr) & M32)
-            self.backoff = 0
-        elif self.rtt_seq >= 0 and _after(ack, self.rtt_seq):
-            self._rtt_sample(host.now - self.rtt_time)
-            self.rtt_seq = -1
-            self.backoff = 0
+                self.snd_wnd = window
+                if window > self.max_window:
+                    self.max_window = window
+        self.snd_wl2 = ack
+        sstate: dict[str, Any] = {}
+        if sack:
+            flag |= rec.sacktag(sack, ack, prior_snd_una, sstate)
+        rec.delivered += sstate.get("sack_delivered", 0)
         self._ack_advance(ack)
-        self.retransmits = 0
-        self.probes = 0
-        if self.tlp_high_seq >= 0 and not _before(ack, self.tlp_high_seq):
-            self.tlp_high_seq = -1  # tcp_process_tlp_ack: the probe episode is over
-        # congestion control: NewReno (RFC 6582 / RFC 5681)
-        mss = self._effective_mss()
-        if self.in_recovery:
-            if not _before(ack, self.recover):
-                self.in_recovery = False
-                self.cwnd = max(self.ssthresh // mss, 2)
-            else:
-                # partial ACK: retransmit the next hole
-                self._retransmit_head()
-        elif self.cwnd * mss < self.ssthresh:
-            self.cwnd += max(1, min(acked, 2 * mss) // mss)
-        else:
-            self._cwnd_cnt_add(acked, mss)
-        self.dupacks = 0
-        # Linux tcp_set_xmit_timer: a loss probe if one may be scheduled, else the RTO
-        self.rto_kind = "rto"
-        if not self._schedule_loss_probe(True):
-            self._rearm_rto()
-        # our FIN acknowledged?
+        if not prior_packets:
+            # no_queue: nothing was in flight (only a window update, or our SYN/FIN alone)
+            if self.tlp_high_seq >= 0:
+                self._process_tlp_ack(ack, flag)
+            return self._after_ack(state, seg, flag)
+        cflag, pkts_acked = rec.clean_rtx_queue(ack, prior_snd_una, prior_fack, sstate)
+        flag |= cflag
+        rtt = self._ack_update_rtt(flag, sstate)
+        if pkts_acked or rtt >= 0:
+            self.ca.pkts_acked(self, pkts_acked, rtt)
+        rec.rack_update_reo_wnd(sstate.get("prior_delivered", 0))
+        if self.tlp_high_seq >= 0:
+            self._process_tlp_ack(ack, flag)
+        rexmit = REXMIT_NONE
+        if not (flag & FLAG_NOT_DUP) or flag & FLAG_CA_ALERT or rec.ca_state != CA_OPEN:
+            # tcp_ack_is_dubious
+            num_dupack = 0
+            if not flag & (FLAG_SND_UNA_ADVANCED | FLAG_NOT_DUP | FLAG_DSACKING_ACK):
+                num_dupack = 1
+            flag, rexmit = rec.fastretrans_alert(prior_snd_una, num_dupack, flag)
+        if flag & FLAG_SET_XMIT_TIMER:
+            # tcp_set_xmit_timer: a loss probe if one may be scheduled, else the RTO
+            if not self._schedule_loss_probe(True):
+                self._rearm_rto()
+        self._cong_control(ack, rec.delivered - prior_delivered, rec.lost_out - lost_before,
+                           flag)
+        self._xmit_recovery(rexmit)
+        return self._after_ack(state, seg, flag)
+
+    def _after_ack(self, state: int, seg: Any, flag: int) -> bool:
+        """What an ACK means for our FIN, and new data the window now allows."""
+        host = self.host
         if self.fin_queued and self.snd_una == (self.fin_seq + 1) & M32:
             if state == S.FIN_WAIT_1:
                 self._set_state(S.FIN_WAIT_2)
@@ -1154,16 +1219,83 @@ class Connection:
                 self._destroy(None)
                 return False
         self._output()
-        if len(self.sndq) <= self.write_mark:
+        if flag & FLAG_SND_UNA_ADVANCED and len(self.sndq) <= self.write_mark:
             self._notify |= 4
         return True
 
-    def _cwnd_cnt_add(self, acked: int, mss: int) -> None:
-        """Congestion avoidance: one segment more per window's worth of ACKed bytes (RFC 5681)."""
-        self.cwnd_cnt += acked
-        if self.cwnd_cnt >= self.cwnd * mss:
-            self.cwnd_cnt -= self.cwnd * mss
-            self.cwnd += 1
+    def _process_tlp_ack(self, ack: int, flag: int) -> None:
+        """tcp_process_tlp_ack: was the loss probe needed?"""
+        if _before(ack, self.tlp_high_seq):
+            return
+        rec = self.rec
+        if not self.tlp_retrans or flag & FLAG_DSACK_TLP:
+            self.tlp_high_seq = -1      # new data probed, or original and probe both arrived
+        elif _after(ack, self.tlp_high_seq):
+            # the probe repaired a loss: reduce cwnd once (CWR)
+            rec.init_cwnd_reduction()
+            rec.set_ca_state(CA_CWR)
+            rec.end_cwnd_reduction()
+            rec.try_keep_open()
+            self.host.mib["TcpExtTCPLossProbeRecovery"] += 1
+        elif not flag & (FLAG_SND_UNA_ADVANCED | FLAG_NOT_DUP | FLAG_DSACKING_ACK):
+            self.tlp_high_seq = -1      # a pure duplicate ACK: no loss
+
+    def _ack_update_rtt(self, flag: int, sstate: dict[str, Any]) -> int:
+        """tcp_ack_update_rtt: prefer the ACK's own timing (Karn: not when retransmitted data
+        was ACKed), then a SACK's, then the timestamp echo.  Returns the RTT for the
+        congestion module (ca_rtt, -1 if none)."""
+        now = self.host.now
+        seq_rtt = ca_rtt = -1
+        first = sstate.get("first_ackt")
+        if first and not flag & 0x08:        # FLAG_RETRANS_DATA_ACKED
+            seq_rtt = now - first
+            ca_rtt = now - sstate["last_ackt"]
+        sack_rtt = -1
+        if sstate.get("first_sackt"):
+            sack_rtt = now - sstate["first_sackt"]
+            ca_rtt = now - sstate["last_sackt"]
+        if seq_rtt < 0:
+            seq_rtt = sack_rtt
+        if seq_rtt < 0 and self.rcv_tsecr_ms is not None and flag & FLAG_ACKED:
+            seq_rtt = ca_rtt = max(now - self.rcv_tsecr_ms, 1)
+        if seq_rtt < 0:
+            return -1
+        self.rec.update_min_rtt(max(ca_rtt, 1), now)
+        self._rtt_sample(seq_rtt)
+        self.backoff = 0        # RFC 6298: only a valid RTT sample ends the backoff
+        return ca_rtt
+
+    def current_ssthresh(self) -> int:
+        """tcp_current_ssthresh."""
+        if self.rec.in_cwnd_reduction():
+            return self.ssthresh
+        return max(self.ssthresh, (self.cwnd >> 1) + (self.cwnd >> 2))
+
+    def _cong_control(self, ack: int, acked_sacked: int, newly_lost: int, flag: int) -> None:
+        """tcp_cong_control: PRR during a reduction, else the module grows cwnd when the ACK
+        delivered data in order (tcp_may_raise_cwnd)."""
+        rec = self.rec
+        if rec.in_cwnd_reduction():
+            rec.cwnd_reduction(acked_sacked, newly_lost, flag)
+        elif self._may_raise_cwnd(flag):
+            self.ca.cong_avoid(self, ack, acked_sacked)
+
+    def _may_raise_cwnd(self, flag: int) -> bool:
+        """tcp_may_raise_cwnd: with high reordering any delivery counts, else only in order."""
+        if self.rec.reordering > self.host.sysctl["net.ipv4.tcp_reordering"]:
+            return bool(flag & FLAG_FORWARD_PROGRESS)
+        return bool(flag & FLAG_DATA_ACKED)
+
+    def _xmit_recovery(self, rexmit: int) -> None:
+        """tcp_xmit_recovery: new data first for F-RTO, then the lost segments."""
+        if rexmit == REXMIT_NONE or self.state == S.SYN_SENT:
+            return
+        if rexmit == REXMIT_NEW:
+            self._output(nagle_off=True)
+            if _after(self.snd_nxt, self.rec.high_seq):
+                return
+            self.rec.frto = False
+        self.rec.xmit_retransmit_queue()
 
     def _ack_advance(self, ack: int) -> None:
         acked = (ack - self.snd_una) & M32
@@ -1174,9 +1306,6 @@ class Connection:
             data -= 1  # our FIN
         if data > 0:
             del self.sndq[:data]
-        times = self.sent_times
-        while times and not _after(times[0][0], ack):
-            times.popleft()
         self.snd_una = ack
         if _before(self.snd_nxt, ack):
             self.snd_nxt = ack
@@ -1196,42 +1325,32 @@ class Connection:
                 self.srtt = 1
         self.rto = min(self.srtt + max(4 * self.rttvar, TCP_RTO_MIN), TCP_RTO_MAX)
 
-    def _dupack(self) -> None:
-        """Fast retransmit on the third duplicate ACK (RFC 5681 §3.2, NewReno RFC 6582)."""
-        self.dupacks += 1
-        mss = self._effective_mss()
-        if self.dupacks == 3 and not self.in_recovery:
-            flight = (self.snd_max - self.snd_una) & M32
-            self.ssthresh = max(flight // 2, 2 * mss)
-            self.cwnd = self.ssthresh // mss + 3
-            self.recover = self.snd_max
-            self.in_recovery = True
-            self.host.mib["TcpExtTCPRenoRecovery"] += 1
-            self._retransmit_head()
-            self.host.mib["TcpExtTCPFastRetrans"] += 1
-        elif self.dupacks > 3 and self.in_recovery:
-            self.cwnd += 1
-            self._output()
-
-    def _retransmit_head(self) -> None:
-        """Resend the first unacknowledged segment."""
-        mss = self._effective_mss()
-        n = min(len(self.sndq), mss)
-        seq = self.snd_una
-        flags = ACK
-        if n:
-            payload = bytes(self.sndq[:n])
-            if n == len(self.sndq) and self.fin_queued and \
-                    _after(self.snd_max, (self.fin_seq) & M32):
-                flags |= FIN
-            self._emit(flags | PSH, seq, payload)
-        elif self.fin_queued:
-            self._emit(FIN | ACK, self.fin_seq)
-        else:
-            return
-        self.host.mib["TcpRetransSegs"] += 1
+    # ------------------------------------------------------------------ retransmission
+    def _transmit_skb(self, skb: Skb) -> None:
+        """Send a segment of the retransmission queue again, as it was cut (Linux
+        __tcp_retransmit_skb: counted in TcpRetransSegs, stamped, EVER_RETRANS)."""
+        off = (skb.seq - self.snd_una) & M32
+        n = skb.length
+        payload = bytes(self.sndq[off:off + n]) if n > 0 else b""
+        flags = ACK | (FIN if skb.fin else 0)
+        if payload and off + n == len(self.sndq):
+            flags |= PSH
+        self._emit(flags, skb.seq, payload)
+        host = self.host
+        host.mib["TcpRetransSegs"] += 1
         self.total_retrans += 1
-        self.rtt_seq = -1
+        skb.time = host.now
+        skb.sacked |= 0x80      # EVER_RETRANS
+
+    def _retransmit_skb(self, skb: Skb) -> None:
+        """Linux tcp_retransmit_skb: a small segment first takes the next ones along
+        (tcp_retrans_try_collapse), then it goes out marked as retransmitted."""
+        rec = self.rec
+        if self.host.sysctl["net.ipv4.tcp_retrans_collapse"] and \
+                skb.length < self._effective_mss():
+            rec.collapse_into(skb, self._effective_mss(), (self.snd_una + self.snd_wnd) & M32)
+        self._transmit_skb(skb)
+        rec.mark_retransmitted(skb)
 
     # ------------------------------------------------------------------ receive text
     def _data_queue(self, seg: Any) -> None:
@@ -1463,78 +1582,143 @@ class Connection:
             return 0
         return len(self.sndq) - sent
 
-    def _output(self, force_one: bool = False, probe: bool = False) -> None:
-        """Send what the windows allow (Linux tcp_write_xmit, with Nagle's rule)."""
+    def _output(self, push_one: int = 0, nagle_off: bool = False) -> None:
+        """Send what the windows allow (Linux tcp_write_xmit): one MSS at a time while the
+        packets in flight stay under cwnd and the segment (its FIN included) fits the peer's
+        window, small segments held by Nagle's rule.  push_one=1 sends at most one segment,
+        push_one=2 one even past cwnd (the tail loss probe)."""
         state = self.state
         if state not in (S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_1, S.CLOSING, S.LAST_ACK):
             return
         mss = self._effective_mss()
         sndq = self.sndq
         host = self.host
-        sent_any = False
+        rec = self.rec
+        sent = 0
+        cwnd_limited = False
+        wnd_end = (self.snd_una + self.snd_wnd) & M32
         while True:
             seq = self.snd_nxt
             offset = (seq - self.snd_una) & M32
             avail = len(sndq) - offset
-            if avail <= 0:
-                if self.fin_queued and seq == self.fin_seq:
-                    self._emit(FIN | ACK, seq)  # FIN after the queued data
-                    if _before(seq, self.snd_max):
-                        host.mib["TcpRetransSegs"] += 1
-                        self.total_retrans += 1
-                    self.snd_nxt = (seq + 1) & M32
-                    self.sent_times.append((self.snd_nxt, host.now))
-                    sent_any = True
-                    if _after(self.snd_nxt, self.snd_max):
-                        self.snd_max = self.snd_nxt
+            fin_pending = self.fin_queued and not _after(seq, self.fin_seq) and \
+                not _before(seq, self.snd_una)
+            if avail <= 0 and not (fin_pending and seq == self.fin_seq):
                 break
-            in_flight = (seq - self.snd_una) & M32
-            usable = min(self.snd_wnd, self.cwnd * mss) - in_flight
-            if force_one and usable < mss:
-                usable = mss
+            if rec.in_flight() >= self.cwnd and push_one != 2:     # tcp_cwnd_test
+                cwnd_limited = True
+                break
             n = avail if avail < mss else mss
-            if n > usable:
-                if self.snd_wnd == 0 and in_flight == 0:
+            if n < 0:
+                n = 0
+            fin = fin_pending and offset + n == len(sndq)
+            end = (seq + n + (1 if fin else 0)) & M32
+            if _after(end, wnd_end):                                # tcp_snd_wnd_test
+                if self.snd_wnd == 0 and not rec.rtx:
                     self._arm_persist()
                 break
-            if n < mss and not self.nodelay and not self.fin_queued and not force_one \
-                    and in_flight and _after(self.snd_sml, self.snd_una) \
+            if n < mss and not fin and not self.nodelay and not nagle_off and push_one != 2 \
+                    and rec.rtx and _after(self.snd_sml, self.snd_una) \
                     and not _after(self.snd_sml, self.snd_nxt):
                 break  # Nagle with Minshall's rule (tcp_minshall_check): one small segment
                 #        in flight at most
             flags = ACK
-            if offset + n == len(sndq):
+            if n and offset + n == len(sndq):
                 flags |= PSH  # the last segment of what was written
-                if self.fin_queued and ((seq + n) & M32) == self.fin_seq:
-                    flags |= FIN  # FIN rides on the last data segment
+            if fin:
+                flags |= FIN  # FIN rides on the last data segment, or goes alone
+            if rec.in_flight() == 0 and not rec.rtx:
+                self._tx_start()
+            prior_packets = rec.packets_out
             self._emit(flags, seq, bytes(sndq[offset:offset + n]))
-            if _before(seq, self.snd_max):
-                host.mib["TcpRetransSegs"] += 1  # resent after an RTO (go-back-N)
-                self.total_retrans += 1
-            self.snd_nxt = (seq + n + (1 if flags & FIN else 0)) & M32
-            self.sent_times.append((self.snd_nxt, host.now))
+            self.snd_nxt = end
+            rec.on_sent(seq, end, fin, host.now)
             if n < mss:
                 self.snd_sml = self.snd_nxt
             self.last_snd_data_time = host.now
             if (host.now - self.lrcvtime) < self.ato:
                 self.pingpong = True  # Linux tcp_event_data_sent: a reply within ato
-            sent_any = True
-            if self.rtt_seq < 0 and not self.retransmits and not _before(seq, self.snd_max):
-                self.rtt_seq = seq
-                self.rtt_time = host.now
             if _after(self.snd_nxt, self.snd_max):
                 self.snd_max = self.snd_nxt
-            if force_one:
-                break
-        if sent_any and not probe:
-            if self.t_rto == NEVER:
+            # tcp_event_new_data_sent: the RTO starts with the first packet in flight, and
+            # takes over from a pending loss probe
+            if not prior_packets or (self.t_rto != NEVER and self.rto_kind == T_LOSS_PROBE):
                 self._rearm_rto()
-            if not self.retransmits:
-                self._schedule_loss_probe(False)
+            sent += 1
+            if push_one:
+                break
+        if sent and rec.in_cwnd_reduction():
+            rec.prr_out += sent
+        cwnd_limited |= rec.in_flight() >= self.cwnd
+        if sent or cwnd_limited:
+            self._cwnd_validate(cwnd_limited)
+        if sent and push_one != 2:
+            self._schedule_loss_probe(False)
+
+    def _tx_start(self) -> None:
+        """Linux tcp_event_data_sent with nothing in flight: CA_EVENT_TX_START."""
+        self.ca.cwnd_event(self, cong.CA_EVENT_TX_START)
+
+    def _cwnd_validate(self, is_cwnd_limited: bool) -> None:
+        """tcp_cwnd_validate (RFC 7661): remember whether cwnd was the limit in this window;
+        an application-limited sender's unused cwnd decays (tcp_cwnd_application_limited)."""
+        rec = self.rec
+        if not _before(self.snd_una, self.cwnd_usage_seq) or is_cwnd_limited or \
+                (not self.is_cwnd_limited and rec.packets_out > self.max_packets_out):
+            self.is_cwnd_limited = is_cwnd_limited
+            self.max_packets_out = rec.packets_out
+            self.cwnd_usage_seq = self.snd_nxt
+        now = self.host.now
+        if cong.is_cwnd_limited(self):
+            self.cwnd_used = 0
+            self.cwnd_stamp = now
+        else:
+            if rec.packets_out > self.cwnd_used:
+                self.cwnd_used = rec.packets_out
+            if self.host.sysctl["net.ipv4.tcp_slow_start_after_idle"] and \
+                    now - self.cwnd_stamp >= self.rto:
+                if rec.ca_state == CA_OPEN:
+                    win_used = max(self.cwnd_used, TCP_INIT_CWND)
+                    if win_used < self.cwnd:
+                        self.ssthresh = self.current_ssthresh()
+                        self.cwnd = (self.cwnd + win_used) >> 1
+                    self.cwnd_used = 0
+                self.cwnd_stamp = now
+
+    def _slow_start_after_idle_check(self) -> None:
+        """tcp_slow_start_after_idle_check / tcp_cwnd_restart: after an idle period longer
+        than the RTO, cwnd halves once per RTO idle, down to the initial window."""
+        if not self.host.sysctl["net.ipv4.tcp_slow_start_after_idle"] or self.rec.rtx:
+            return
+        delta = self.host.now - self.last_snd_data_time
+        if delta <= self.rto:
+            return
+        self.ca.cwnd_event(self, cong.CA_EVENT_CWND_RESTART)
+        self.ssthresh = self.current_ssthresh()
+        restart = min(TCP_INIT_CWND, self.cwnd)
+        cwnd = self.cwnd
+        delta -= self.rto
+        while delta > 0 and cwnd > restart:
+            cwnd >>= 1
+            delta -= self.rto
+        self.cwnd = max(cwnd, restart)
+        self.cwnd_stamp = self.host.now
+        self.cwnd_used = 0
+
+    # the clock as the congestion modules read it
+    def now_ms(self) -> int:
+        return self.host.now
+
+    def now_us(self) -> int:
+        return self.host.now * 1000
+
+    @property
+    def lsndtime(self) -> int:
+        return self.last_snd_data_time
 
     def _arm_persist(self) -> None:
-        if self.misc_kind != "persist":
-            self.misc_kind = "persist"
+        if self.misc_kind != T_PROBE0:
+            self.misc_kind = T_PROBE0
             self.t_misc = self.host.now + min(self.rto << self.backoff, TCP_RTO_MAX)
 
     # ------------------------------------------------------------------ user calls
@@ -1547,6 +1731,8 @@ class Connection:
         if state == S.CLOSED or state == S.LISTEN:
             raise OSError(107, "Transport endpoint is not connected")
         n = len(data)
+        if n and self._unsent() <= 0 and state not in (S.SYN_SENT, S.SYN_RECV):
+            self._slow_start_after_idle_check()       # a new skb (tcp_skb_entail)
         if limit:
             room = self.sndbuf - len(self.sndq)
             if room <= 0:
@@ -1735,8 +1921,7 @@ class Connection:
         if self.t_rto != NEVER:
             return ("on", max(0, self.t_rto - now), self.retransmits)
         if self.t_misc != NEVER:
-            kind = {"persist": "persist", "fin_wait2": "timewait"}.get(self.misc_kind,
-                                                                      self.misc_kind)
+            kind = timer_name(self.misc_kind)
             return (kind, max(0, self.t_misc - now), self.probes)
         return None
 
