@@ -57,6 +57,7 @@ def skb_truesize(payload_len: int) -> int:
         size <<= 1
     return size + 256
 MAX_WSCALE = 14
+GSO_MAX_SIZE = 65536 - 321   # sk_gso_max_size on a TUN device: 64 KB less MAX_TCP_HEADER + 1
 
 
 PAWS_DATA = 1     # tcp_disordered_ack_check: SKB_DROP_REASON_TCP_RFC7323_PAWS
@@ -807,9 +808,9 @@ class Connection:
             self.snd_wl2 = seg.ack
             self._ack_advance(seg.ack)
             if self.ts_ok and seg.ts_ecr:
-                self._rtt_sample((host.now + self.ts_off - seg.ts_ecr) & M32)
+                self._syn_rtt_sample((host.now + self.ts_off - seg.ts_ecr) & M32)
             elif self.retransmits == 0:
-                self._rtt_sample(host.now - self.syn_time)
+                self._syn_rtt_sample(host.now - self.syn_time)
             self.retransmits = 0
             self.backoff = 0
             self.t_rto = NEVER
@@ -1063,9 +1064,9 @@ class Connection:
         self.snd_wl2 = seg.ack
         self._ack_advance(seg.ack)
         if self.ts_ok and seg.has_ts and seg.ts_ecr:
-            self._rtt_sample((host.now + self.ts_off - seg.ts_ecr) & M32)
+            self._syn_rtt_sample((host.now + self.ts_off - seg.ts_ecr) & M32)
         elif self.retransmits == 0:
-            self._rtt_sample(host.now - self.syn_time)
+            self._syn_rtt_sample(host.now - self.syn_time)
         self.retransmits = 0
         self.backoff = 0
         self.t_rto = NEVER
@@ -1150,7 +1151,7 @@ class Connection:
         prior_fack = rec.highest_sack_seq()
         prior_packets = rec.packets_out
         prior_delivered = rec.delivered
-        lost_before = rec.lost_out
+        lost_before = rec.lost
         if seg.payload or seg.flags & FIN:
             flag |= FLAG_DATA
         else:
@@ -1199,7 +1200,7 @@ class Connection:
             # tcp_set_xmit_timer: a loss probe if one may be scheduled, else the RTO
             if not self._schedule_loss_probe(True):
                 self._rearm_rto()
-        self._cong_control(ack, rec.delivered - prior_delivered, rec.lost_out - lost_before,
+        self._cong_control(ack, rec.delivered - prior_delivered, rec.lost - lost_before,
                            flag)
         self._xmit_recovery(rexmit)
         return self._after_ack(state, seg, flag)
@@ -1310,6 +1311,12 @@ class Connection:
         if _before(self.snd_nxt, ack):
             self.snd_nxt = ack
 
+    def _syn_rtt_sample(self, rtt: int) -> None:
+        """The handshake's RTT (tcp_synack_rtt_meas / tcp_ack_update_rtt for the SYN): it
+        starts srtt and min_rtt."""
+        self.rec.update_min_rtt(max(rtt, 1), self.host.now)
+        self._rtt_sample(rtt)
+
     def _rtt_sample(self, rtt: int) -> None:
         """RFC 6298 §2 with Linux's floor: RTO = SRTT + max(4*RTTVAR, TCP_RTO_MIN)."""
         if rtt < 1:
@@ -1326,14 +1333,14 @@ class Connection:
         self.rto = min(self.srtt + max(4 * self.rttvar, TCP_RTO_MIN), TCP_RTO_MAX)
 
     # ------------------------------------------------------------------ retransmission
-    def _transmit_skb(self, skb: Skb) -> None:
+    def _transmit_skb(self, skb: Skb, psh: bool = False) -> None:
         """Send a segment of the retransmission queue again, as it was cut (Linux
         __tcp_retransmit_skb: counted in TcpRetransSegs, stamped, EVER_RETRANS)."""
         off = (skb.seq - self.snd_una) & M32
         n = skb.length
         payload = bytes(self.sndq[off:off + n]) if n > 0 else b""
         flags = ACK | (FIN if skb.fin else 0)
-        if payload and off + n == len(self.sndq):
+        if psh or (payload and off + n == len(self.sndq)):
             flags |= PSH
         self._emit(flags, skb.seq, payload)
         host = self.host
@@ -1583,20 +1590,27 @@ class Connection:
         return len(self.sndq) - sent
 
     def _output(self, push_one: int = 0, nagle_off: bool = False) -> None:
-        """Send what the windows allow (Linux tcp_write_xmit): one MSS at a time while the
-        packets in flight stay under cwnd and the segment (its FIN included) fits the peer's
-        window, small segments held by Nagle's rule.  push_one=1 sends at most one segment,
-        push_one=2 one even past cwnd (the tail loss probe)."""
+        """Send what the windows allow (Linux tcp_write_xmit).
+
+        Linux sends the write queue a GSO burst at a time: each turn of its loop takes the
+        head of the unsent data (an skb of up to size_goal bytes), lets out as many MSS as
+        the congestion window's quota and the TSO autosizing allow, and hands them to the
+        device as one packet that is cut into MSS segments, PSH on the last one.  Turns may
+        be deferred to wait for a bigger burst (tcp_tso_should_defer); a lone sub-MSS tail
+        waits under Nagle's rule.  push_one=1 sends at most one burst, push_one=2 one even
+        past cwnd (the tail loss probe)."""
         state = self.state
         if state not in (S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_1, S.CLOSING, S.LAST_ACK):
             return
         mss = self._effective_mss()
         sndq = self.sndq
-        host = self.host
         rec = self.rec
         sent = 0
         cwnd_limited = False
         wnd_end = (self.snd_una + self.snd_wnd) & M32
+        max_segs = self._tso_segs(mss)
+        size_goal = self._size_goal(mss)
+        nonagle = nagle_off or self.nodelay
         while True:
             seq = self.snd_nxt
             offset = (seq - self.snd_una) & M32
@@ -1605,46 +1619,53 @@ class Connection:
                 not _before(seq, self.snd_una)
             if avail <= 0 and not (fin_pending and seq == self.fin_seq):
                 break
-            if rec.in_flight() >= self.cwnd and push_one != 2:     # tcp_cwnd_test
-                cwnd_limited = True
-                break
-            n = avail if avail < mss else mss
-            if n < 0:
-                n = 0
-            fin = fin_pending and offset + n == len(sndq)
-            end = (seq + n + (1 if fin else 0)) & M32
-            if _after(end, wnd_end):                                # tcp_snd_wnd_test
-                if self.snd_wnd == 0 and not rec.rtx:
+            avail = max(avail, 0)
+            in_flight = rec.in_flight()
+            quota = 0 if in_flight >= self.cwnd else \
+                min(max(self.cwnd >> 1, 1), self.cwnd - in_flight)        # tcp_cwnd_test
+            if not quota:
+                if push_one != 2:
+                    cwnd_limited = True
+                    break
+                quota = 1
+            quota = min(quota, max_segs)
+            skb_len = min(avail, max(size_goal, quota * mss))   # the send head (tcp_grow_skb)
+            is_tail = skb_len == avail
+            fin = fin_pending and is_tail
+            tso_segs = max(1, -(-skb_len // mss))
+            first = min(skb_len, mss)
+            if _after((seq + first + (1 if fin and skb_len <= mss else 0)) & M32, wnd_end):
+                if self.snd_wnd == 0 and not rec.rtx:                  # tcp_snd_wnd_test
                     self._arm_persist()
                 break
-            if n < mss and not fin and not self.nodelay and not nagle_off and push_one != 2 \
-                    and rec.rtx and _after(self.snd_sml, self.snd_una) \
-                    and not _after(self.snd_sml, self.snd_nxt):
-                break  # Nagle with Minshall's rule (tcp_minshall_check): one small segment
-                #        in flight at most
-            flags = ACK
-            if n and offset + n == len(sndq):
-                flags |= PSH  # the last segment of what was written
-            if fin:
-                flags |= FIN  # FIN rides on the last data segment, or goes alone
-            if rec.in_flight() == 0 and not rec.rtx:
-                self._tx_start()
-            prior_packets = rec.packets_out
-            self._emit(flags, seq, bytes(sndq[offset:offset + n]))
-            self.snd_nxt = end
-            rec.on_sent(seq, end, fin, host.now)
-            if n < mss:
-                self.snd_sml = self.snd_nxt
-            self.last_snd_data_time = host.now
-            if (host.now - self.lrcvtime) < self.ato:
-                self.pingpong = True  # Linux tcp_event_data_sent: a reply within ato
-            if _after(self.snd_nxt, self.snd_max):
-                self.snd_max = self.snd_nxt
-            # tcp_event_new_data_sent: the RTO starts with the first packet in flight, and
-            # takes over from a pending loss probe
-            if not prior_packets or (self.t_rto != NEVER and self.rto_kind == T_LOSS_PROBE):
-                self._rearm_rto()
-            sent += 1
+            if tso_segs == 1:
+                if skb_len < mss and not fin and not nonagle and push_one != 2 and \
+                        self._minshall_check():
+                    break   # Nagle with Minshall's rule: one small segment in flight at most
+            elif not push_one and self._tso_should_defer(seq, skb_len, is_tail, fin,
+                                                         max_segs, mss):
+                cwnd_limited = True
+                break
+            chunk = skb_len
+            if tso_segs > 1:
+                chunk = min(skb_len, self._mss_split_point(seq, skb_len, is_tail, mss, quota,
+                                                           nonagle))
+            n_segs = max(1, -(-chunk // mss))
+            rec.new_burst()
+            for k in range(n_segs):
+                seg_seq = self.snd_nxt
+                n = min(mss, chunk - k * mss)
+                last = k == n_segs - 1
+                seg_fin = fin and last and chunk == skb_len
+                flags = ACK
+                if last and (n_segs > 1 or (n and offset + chunk == len(sndq))):
+                    flags |= PSH    # a burst's last segment, or the end of what was written
+                if seg_fin:
+                    flags |= FIN    # FIN rides on the last data segment, or goes alone
+                self._send_new(seg_seq, n, flags)
+                if n < mss:
+                    self.snd_sml = self.snd_nxt       # tcp_minshall_update
+            sent += n_segs
             if push_one:
                 break
         if sent and rec.in_cwnd_reduction():
@@ -1654,6 +1675,112 @@ class Connection:
             self._cwnd_validate(cwnd_limited)
         if sent and push_one != 2:
             self._schedule_loss_probe(False)
+
+    def _send_new(self, seq: int, n: int, flags: int) -> None:
+        """One new segment on the wire and in the retransmission queue
+        (tcp_event_new_data_sent)."""
+        host = self.host
+        rec = self.rec
+        offset = (seq - self.snd_una) & M32
+        if rec.in_flight() == 0 and not rec.rtx:
+            self._tx_start()
+        prior_packets = rec.packets_out
+        self._emit(flags, seq, bytes(self.sndq[offset:offset + n]))
+        fin = bool(flags & FIN)
+        end = (seq + n + fin) & M32
+        self.snd_nxt = end
+        rec.on_sent(seq, end, fin, host.now)
+        self.last_snd_data_time = host.now
+        if (host.now - self.lrcvtime) < self.ato:
+            self.pingpong = True  # Linux tcp_event_data_sent: a reply within ato
+        if _after(self.snd_nxt, self.snd_max):
+            self.snd_max = self.snd_nxt
+        host.mib["TcpExtTCPOrigDataSent"] += 1
+        # the RTO starts with the first packet in flight, and takes over from a pending probe
+        if not prior_packets or (self.t_rto != NEVER and self.rto_kind == T_LOSS_PROBE):
+            self._rearm_rto()
+
+    def _minshall_check(self) -> bool:
+        """tcp_nagle_check's other half: packets are out and a sub-MSS segment among them is
+        not yet acknowledged (tcp_minshall_check)."""
+        return bool(self.rec.rtx) and _after(self.snd_sml, self.snd_una) and \
+            not _after(self.snd_sml, self.snd_nxt)
+
+    def _pacing_rate(self) -> int:
+        """tcp_update_pacing_rate, bytes per second (used only to size bursts here: without
+        the fq qdisc Linux does not pace reno or cubic)."""
+        srtt_us = max(self.srtt, 1) * 1000
+        ratio = 200 if self.cwnd < self.ssthresh // 2 else 120
+        return self._effective_mss() * max(self.cwnd, self.rec.packets_out) * ratio * 10_000 \
+            // srtt_us
+
+    def _tso_segs(self, mss: int) -> int:
+        """tcp_tso_segs / tcp_tso_autosize: about 1 ms of data at the pacing rate per burst
+        (at least 2 segments), a whole 64 KB burst when the path's RTT is tiny."""
+        if not self.srtt:
+            return GSO_MAX_SIZE // mss
+        nbytes = self._pacing_rate() >> 10
+        min_rtt_us = max(self.rec.min_rtt, 0) * 1000
+        r = min_rtt_us >> 9
+        if r < 32:
+            nbytes += GSO_MAX_SIZE >> r
+        nbytes = min(nbytes, GSO_MAX_SIZE)
+        return max(nbytes // mss, 2)
+
+    def _size_goal(self, mss: int) -> int:
+        """tcp_xmit_size_goal: sendmsg's skb size, a whole number of MSS up to 64 KB, bounded
+        by half the largest window the peer offered (tcp_bound_to_half_wnd)."""
+        goal = GSO_MAX_SIZE
+        cutoff = self.max_window >> 1 if self.max_window > 536 else self.max_window
+        if cutoff and goal > cutoff:
+            goal = max(cutoff, 68 - 20)
+        return max((goal // mss) * mss, mss)
+
+    def _mss_split_point(self, seq: int, skb_len: int, is_tail: bool, mss: int, quota: int,
+                         nonagle: bool) -> int:
+        """tcp_mss_split_point: how much of the head skb one burst takes."""
+        window = (self.snd_una + self.snd_wnd - seq) & M32
+        max_len = mss * quota
+        if max_len <= window and not is_tail:
+            return max_len
+        needed = min(skb_len, window)
+        if max_len <= needed:
+            return max_len
+        partial = needed % mss
+        if partial and not nonagle and self._minshall_check():
+            return needed - partial
+        return needed
+
+    def _tso_should_defer(self, seq: int, skb_len: int, is_tail: bool, fin: bool,
+                          max_segs: int, mss: int) -> bool:
+        """tcp_tso_should_defer: hold a multi-MSS head back when only a sliver of it may go
+        now and an ACK that frees more room is about to come."""
+        rec = self.rec
+        now = self.host.now
+        if rec.ca_state >= cong.CA_RECOVERY:
+            return False
+        if now - self.last_snd_data_time > 1:
+            return False        # nothing sent within the last millisecond
+        send_win = (self.snd_una + self.snd_wnd - seq) & M32
+        cong_win = (self.cwnd - rec.in_flight()) * mss
+        limit = min(send_win, cong_win)
+        if limit >= max_segs * mss:
+            return False
+        if not is_tail and limit >= skb_len:
+            return False
+        if limit >= min(self.snd_wnd, self.cwnd * mss) // 3:      # tcp_tso_win_divisor 3
+            return False
+        if not rec.rtx:
+            return False
+        expected_ack = rec.rtx[0].time + self.srtt
+        if expected_ack - now > min(self.srtt >> 1, 1):
+            return False        # the ACK that would make room is not imminent
+        if cong_win < send_win:
+            if cong_win <= skb_len:
+                return True
+        elif send_win <= skb_len:
+            return True
+        return not fin
 
     def _tx_start(self) -> None:
         """Linux tcp_event_data_sent with nothing in flight: CA_EVENT_TX_START."""

@@ -79,9 +79,11 @@ def _after(a: int, b: int) -> bool:
 class Skb:
     """One sent segment (Linux: an skb in the retransmission queue, one MSS here)."""
 
-    __slots__ = ("seq", "end_seq", "fin", "sacked", "time", "delivered")
+    __slots__ = ("seq", "end_seq", "fin", "sacked", "time", "delivered", "burst")
 
-    def __init__(self, seq: int, end_seq: int, fin: bool, time: int, delivered: int) -> None:
+    def __init__(self, seq: int, end_seq: int, fin: bool, time: int, delivered: int,
+                 burst: int = 0) -> None:
+        self.burst = burst            # segments handed to the device together (one GSO skb)
         self.seq = seq
         self.end_seq = end_seq
         self.fin = fin
@@ -110,7 +112,7 @@ class Recovery:
         "reordering", "reord_seen", "highest_sack", "delivered", "dsack_dups", "frto",
         "rack_mstamp", "rack_end_seq", "rack_rtt", "rack_advanced", "rack_reo_wnd_steps",
         "rack_reo_wnd_persist", "rack_dsack_seen", "rack_last_delivered", "min_rtt",
-        "min_rtt_stamp", "is_sack_reneg", "retrans_hint",
+        "min_rtt_stamp", "is_sack_reneg", "retrans_hint", "bursts", "lost",
     )
 
     def __init__(self, conn: "Connection") -> None:
@@ -144,6 +146,8 @@ class Recovery:
         self.min_rtt_stamp = 0
         self.is_sack_reneg = False
         self.retrans_hint = False
+        self.bursts = 0
+        self.lost = 0               # segments ever marked lost (tp->lost)
 
     # ------------------------------------------------------------------ counts
     @property
@@ -181,8 +185,13 @@ class Recovery:
         self.ca_state = state
 
     # ------------------------------------------------------------------ sending
+    def new_burst(self) -> int:
+        """A new GSO burst: the segments sent from here on until the next call are one skb."""
+        self.bursts += 1
+        return self.bursts
+
     def on_sent(self, seq: int, end_seq: int, fin: bool, now: int) -> Skb:
-        skb = Skb(seq, end_seq, fin, now, self.delivered)
+        skb = Skb(seq, end_seq, fin, now, self.delivered, self.bursts)
         self.rtx.append(skb)
         return skb
 
@@ -565,12 +574,12 @@ class Recovery:
         """tcp_rack_reo_timeout: the reordering window ran out."""
         c = self.c
         prior_inflight = self.in_flight()
-        lost_before = self.lost_out
+        lost_before = self.lost
         self.rack_detect_loss()
         if prior_inflight != self.in_flight():
             if self.ca_state != CA_RECOVERY:
                 self.enter_recovery(False)
-                self.cwnd_reduction(1, self.lost_out - lost_before, 0)
+                self.cwnd_reduction(1, self.lost - lost_before, 0)
             self.xmit_retransmit_queue()
         if not c.rto_pending():
             c._rearm_rto()
@@ -590,6 +599,7 @@ class Recovery:
                 self.c.host.mib["TcpExtTCPLostRetransmit"] += 1
         else:
             self.lost_out += 1
+            self.lost += 1
             skb.sacked |= LOST
 
     def newreno_mark_lost(self, snd_una_advanced: bool) -> None:
@@ -943,32 +953,55 @@ class Recovery:
 
     # ------------------------------------------------------------------ retransmission
     def xmit_retransmit_queue(self) -> None:
-        """tcp_xmit_retransmit_queue: resend the lost segments, in order, while cwnd allows."""
+        """tcp_xmit_retransmit_queue: resend the lost segments, in order, while cwnd allows.
+        Lost segments that left in one burst go again together (one skb of Linux's, cut to
+        what cwnd allows, tcp_retransmit_skb)."""
         c = self.c
         if not self.rtx:
             return
         mib = c.host.mib
         rearm = False
         head = self.rtx[0]
-        for skb in list(self.rtx):
-            if c.cwnd - self.in_flight() <= 0:
+        max_segs = c._tso_segs(c._effective_mss())
+        eligible = LOST
+        i = 0
+        while i < len(self.rtx):
+            skb = self.rtx[i]
+            segs = c.cwnd - self.in_flight()
+            if segs <= 0:
                 break
             if self.retrans_out >= self.lost_out:
                 break
-            sacked = skb.sacked
-            if not sacked & LOST:
+            if skb.sacked & (LOST | SACKED_ACKED | SACKED_RETRANS) != eligible:
+                i += 1
                 continue
-            if sacked & (SACKED_ACKED | SACKED_RETRANS):
-                continue
-            if skb not in self.rtx:
-                continue        # merged into an earlier one by the collapse
-            c._retransmit_skb(skb)
+            segs = min(segs, max_segs)
+            group = [skb]
+            j = i + 1
+            while j < len(self.rtx) and len(group) < segs:
+                nxt = self.rtx[j]
+                if nxt.burst != skb.burst or \
+                        nxt.sacked & (LOST | SACKED_ACKED | SACKED_RETRANS) != eligible:
+                    break
+                group.append(nxt)
+                j += 1
+            burst = self.new_burst()
+            if len(group) == 1:
+                c._retransmit_skb(skb)
+                skb.burst = burst
+            else:
+                for k, g in enumerate(group):
+                    c._transmit_skb(g, psh=k == len(group) - 1)
+                    self.mark_retransmitted(g)
+                    g.burst = burst
+            n = len(group)
             mib["TcpExtTCPSlowStartRetrans" if self.ca_state == CA_LOSS
-                else "TcpExtTCPFastRetrans"] += 1
+                else "TcpExtTCPFastRetrans"] += n
             if self.in_cwnd_reduction():
-                self.prr_out += 1
+                self.prr_out += n
             if skb is head and not c.reo_pending():
                 rearm = True
+            i = self.rtx.index(group[-1]) + 1 if group[-1] in self.rtx else i + 1
         if rearm:
             c._reset_rto_timer()
 
