@@ -24,6 +24,7 @@ from ustack._timerwheel import TimerWheel
 from ustack.counters import Counters
 from ustack.sysctl import Sysctl
 from ustack.tcp import states as S
+from ustack.tcp.cong import CA_NAMES, TCP_INFINITE_SSTHRESH
 from ustack.tcp.connection import NEVER, NULL_USER, Connection, ConnectionUser, _after
 from ustack.tcp.isn import SecretHash
 from ustack.tcp.ports import PortBinding, PortTable
@@ -116,6 +117,16 @@ class ConnInfo:
     rtt: float = 0.0
     cwnd: int = 0
     retrans: int = 0
+    # ss -i (TCP_INFO): the sender's state
+    congestion: str = ""                 # the congestion control module
+    ssthresh: int = 0                    # 0: still infinite (ss prints none)
+    rttvar: float = 0.0                  # ms
+    lost: int = 0
+    sacked: int = 0
+    retrans_out: int = 0
+    reordering: int = 0
+    ca_state: str = ""                   # open, disorder, cwr, recovery, loss
+    mss: int = 0
 
     def __str__(self) -> str:
         local = f"{self.local[0]}:{self.local[1]}"
@@ -129,7 +140,20 @@ class ConnInfo:
         if self.substate and self.substate != self.state:
             line += f" substate:{self.substate}"
         if self.cwnd:
-            line += f" rto:{self.rto} rtt:{self.rtt:.3f} cwnd:{self.cwnd}"
+            line += f" {self.congestion} rto:{self.rto} rtt:{self.rtt:.3f}/{self.rttvar:.3f}"
+            line += f" mss:{self.mss} cwnd:{self.cwnd}"
+            if self.ssthresh:
+                line += f" ssthresh:{self.ssthresh}"
+            if self.retrans or self.retrans_out:
+                line += f" retrans:{self.retrans_out}/{self.retrans}"
+            if self.lost:
+                line += f" lost:{self.lost}"
+            if self.sacked:
+                line += f" sacked:{self.sacked}"
+            if self.reordering != 3:
+                line += f" reordering:{self.reordering}"
+            if self.ca_state and self.ca_state != "open":
+                line += f" ca_state:{self.ca_state}"
         return line
 
 
@@ -655,7 +679,11 @@ class Host:
             out.append(ConnInfo(
                 conn.state_name, (me, conn.lport), (int_to_ip(conn.raddr), conn.rport),
                 conn.rcv_queued, conn.snd_queued, conn.timer_info(), conn.orphan, None,
-                conn.rto, conn.srtt / 1.0, conn.cwnd, conn.total_retrans))
+                conn.rto, conn.srtt / 1.0, conn.cwnd, conn.total_retrans,
+                conn.congestion_control,
+                conn.ssthresh if conn.ssthresh < TCP_INFINITE_SSTHRESH else 0,
+                conn.rttvar / 1.0, conn.rec.lost_out, conn.rec.sacked_out, conn.rec.retrans_out,
+                conn.rec.reordering, CA_NAMES[conn.rec.ca_state], conn._effective_mss()))
         now = self.now
         for tw in self.tw.records.values():
             left = tw.timer.deadline - now if tw.timer is not None else 0

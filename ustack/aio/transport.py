@@ -19,6 +19,7 @@ from ustack.wire import int_to_ip
 if TYPE_CHECKING:  # pragma: no cover
     from ustack.aio.stack import Stack
 
+TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
 TCP_LINGER2 = getattr(socket, "TCP_LINGER2", 8)
 
 
@@ -64,6 +65,12 @@ class SocketOptions:
         elif level == socket.IPPROTO_TCP and option == TCP_LINGER2:
             v = self._int(value)
             conn.linger2 = v if v < 0 else (None if v == 0 else v)
+        elif level == socket.IPPROTO_TCP and option == TCP_CONGESTION:
+            name = value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+            try:
+                conn.congestion_control = name.rstrip("\0")
+            except ValueError as e:
+                raise OSError(2, f"No such file or directory: {e}") from None
         else:
             raise OSError(92, f"Protocol not available: ustack does not implement option "
                               f"({level}, {option})")
@@ -88,6 +95,9 @@ class SocketOptions:
                 conn.host.sysctl["net.ipv4.tcp_fin_timeout"]
         elif level == socket.IPPROTO_TCP and option == socket.TCP_MAXSEG:
             value = conn._effective_mss()
+        elif level == socket.IPPROTO_TCP and option == TCP_CONGESTION:
+            name = conn.congestion_control.encode()
+            return name.ljust(buflen, b"\0")[:buflen] if buflen else name
         else:
             raise OSError(92, f"Protocol not available: ustack does not implement option "
                               f"({level}, {option})")

@@ -681,6 +681,9 @@ class UstackSockets:
             opts["rcvbuf"] = s.rcvbuf
         if s.sndbuf is not None:
             opts["sndbuf"] = s.sndbuf
+        cc = s.other.get((SYMBOLS["SOL_TCP"], SYMBOLS["TCP_CONGESTION"]))
+        if cc is not None:
+            opts["congestion_control"] = cc
         return opts
 
     # -- calls
@@ -749,6 +752,9 @@ class UstackSockets:
                           linger2=s.linger2, user_timeout=s.user_timeout,
                           keepalive=s.keepalive)
             conn.nodelay = s.nodelay
+            cc = s.other.get((SYMBOLS["SOL_TCP"], SYMBOLS["TCP_CONGESTION"]))
+            if cc is not None:
+                conn.congestion_control = cc      # inherited from the listener
             if s.linger2 is not None:
                 conn.linger2 = s.linger2
             if s.rcvbuf is not None or s.sndbuf is not None or s.linger != (0, 0):
@@ -1016,6 +1022,15 @@ class UstackSockets:
                 raise SysError(_errno.EINVAL)
             s.user_timeout = value
             self.notes.add("user_timeout")
+        elif key == (tcp, SYMBOLS["TCP_CONGESTION"]):
+            from ustack.tcp.cong import available
+            name = value.decode() if isinstance(value, bytes) else str(value)
+            name = name.strip('"').rstrip("\0")
+            if name not in available():
+                raise SysError(_errno.ENOENT)     # tcp_set_congestion_control: no module
+            s.other[key] = name
+            if conn is not None:
+                conn.congestion_control = name
         elif key in ((tcp, SYMBOLS["TCP_KEEPIDLE"]), (tcp, SYMBOLS["TCP_KEEPINTVL"]),
                      (tcp, SYMBOLS["TCP_KEEPCNT"])):
             if value < 1:
@@ -1069,6 +1084,10 @@ class UstackSockets:
             if conn is None or conn.state in (S.CLOSED, S.LISTEN):
                 return 536
             return conn._effective_mss()
+        if key == (tcp, SYMBOLS["TCP_CONGESTION"]):
+            if s.conn is not None:
+                return s.conn.congestion_control.encode()
+            return s.other.get(key, sysctl["net.ipv4.tcp_congestion_control"]).encode()
         if key in s.other:
             return s.other[key]
         if key == (tcp, SYMBOLS["TCP_KEEPIDLE"]):

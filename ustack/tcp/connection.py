@@ -1099,7 +1099,12 @@ class Connection:
 
     @property
     def congestion_control(self) -> str:
+        """TCP_CONGESTION: the module's name; setting it switches modules."""
         return self.ca.name
+
+    @congestion_control.setter
+    def congestion_control(self, name: str) -> None:
+        self.set_congestion_control(name)
 
     def _update_ts_recent(self, seg: Any) -> None:
         """RFC 7323 §4.3 (Linux tcp_replace_ts_recent): only from a segment covering rcv_wup."""
