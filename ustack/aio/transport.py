@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ustack.aio.stack import Stack
 
 TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
+TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
 TCP_LINGER2 = getattr(socket, "TCP_LINGER2", 8)
 
 
@@ -65,6 +66,11 @@ class SocketOptions:
         elif level == socket.IPPROTO_TCP and option == TCP_LINGER2:
             v = self._int(value)
             conn.linger2 = v if v < 0 else (None if v == 0 else v)
+        elif level == socket.IPPROTO_TCP and option == TCP_USER_TIMEOUT:
+            v = self._int(value)
+            if v < 0:
+                raise OSError(22, "Invalid argument: TCP_USER_TIMEOUT must be >= 0 ms")
+            conn.user_timeout = v
         elif level == socket.IPPROTO_TCP and option == TCP_CONGESTION:
             name = value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
             try:
@@ -95,6 +101,8 @@ class SocketOptions:
                 conn.host.sysctl["net.ipv4.tcp_fin_timeout"]
         elif level == socket.IPPROTO_TCP and option == socket.TCP_MAXSEG:
             value = conn._effective_mss()
+        elif level == socket.IPPROTO_TCP and option == TCP_USER_TIMEOUT:
+            value = conn.user_timeout
         elif level == socket.IPPROTO_TCP and option == TCP_CONGESTION:
             name = conn.congestion_control.encode()
             return name.ljust(buflen, b"\0")[:buflen] if buflen else name

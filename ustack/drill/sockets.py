@@ -103,7 +103,7 @@ O_NONBLOCK = SYMBOLS["O_NONBLOCK"]
 O_RDWR = SYMBOLS["O_RDWR"]
 POLLIN, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x4, 0x8, 0x10, 0x20
 POLLRDNORM, POLLWRNORM, POLLRDHUP = 0x40, 0x100, 0x2000
-MSG_PEEK, MSG_DONTWAIT = 0x2, 0x40
+MSG_PEEK, MSG_DONTWAIT, MSG_EOR, MSG_MORE = 0x2, 0x40, 0x80, 0x8000
 
 # What the ustack core does not offer that a socket call needs; the emulation's minimum
 # workaround is described with each.  Runners print these notes when the script uses them.
@@ -112,8 +112,6 @@ CORE_GAPS: dict[str, str] = {
                         "(SO_RCVBUF/SO_SNDBUF/TCP_NODELAY/SO_LINGER/TCP_LINGER2 set on the "
                         "listening socket): the emulation copies them onto a child at accept(), "
                         "so the SYN-ACK's window ignores a listener's SO_RCVBUF",
-    "user_timeout": "TCP_USER_TIMEOUT is stored and reported by getsockopt but the ustack core "
-                    "does not enforce it",
     "keepalive": "SO_KEEPALIVE/TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT are stored but the ustack "
                  "core has no keepalive timer",
     "peek": "Connection has no peek: MSG_PEEK reads Connection.rcv_buf directly",
@@ -603,6 +601,8 @@ class _Sock:
     nodelay: bool = False
     linger2: int | None = None         # seconds; -1 = reset at once
     user_timeout: int = 0
+    user_mss: int = 0
+    cork: bool = False
     keepalive: bool = False
     other: dict[tuple[int, int], Any] = field(default_factory=dict)
     write_done: int = 0                # bytes a blocking write has queued so far
@@ -674,7 +674,9 @@ class UstackSockets:
         return [b for b in out if b is not None]
 
     def _conn_options(self, s: _Sock) -> dict[str, Any]:
-        opts: dict[str, Any] = {"nodelay": s.nodelay, "reuseaddr": s.reuseaddr}
+        opts: dict[str, Any] = {"nodelay": s.nodelay, "reuseaddr": s.reuseaddr,
+                                "user_timeout": s.user_timeout, "user_mss": s.user_mss,
+                                "cork": s.cork}
         if s.linger2 is not None:
             opts["linger2"] = s.linger2
         if s.rcvbuf is not None:
@@ -752,6 +754,8 @@ class UstackSockets:
                           linger2=s.linger2, user_timeout=s.user_timeout,
                           keepalive=s.keepalive)
             conn.nodelay = s.nodelay
+            conn.user_timeout = s.user_timeout
+            conn.cork = s.cork
             cc = s.other.get((SYMBOLS["SOL_TCP"], SYMBOLS["TCP_CONGESTION"]))
             if cc is not None:
                 conn.congestion_control = cc      # inherited from the listener
@@ -901,7 +905,8 @@ class UstackSockets:
             if want <= 0:
                 return n
             try:
-                took = conn.send(bytes(want), limit=True)
+                took = conn.send(bytes(want), limit=True, more=bool(flags & MSG_MORE),
+                                 eor=bool(flags & MSG_EOR))
             except BrokenPipeError:
                 raise SysError(_errno.EPIPE)
             except OSError as e:
@@ -1021,7 +1026,19 @@ class UstackSockets:
             if value < 0:
                 raise SysError(_errno.EINVAL)
             s.user_timeout = value
-            self.notes.add("user_timeout")
+            if conn is not None:
+                conn.user_timeout = value
+        elif key == (tcp, SYMBOLS["TCP_CORK"]):
+            s.cork = bool(value)
+            if conn is not None:
+                conn.set_cork(s.cork)
+        elif key == (tcp, SYMBOLS["TCP_MAXSEG"]):
+            # do_tcp_setsockopt: 0 clears it; otherwise TCP_MIN_MSS (88) .. MAX_TCP_WINDOW
+            if value != 0 and not 88 <= value <= 32767:
+                raise SysError(_errno.EINVAL)
+            s.user_mss = value
+            if conn is not None:
+                conn.user_mss = value
         elif key == (tcp, SYMBOLS["TCP_CONGESTION"]):
             from ustack.tcp.cong import available
             name = value.decode() if isinstance(value, bytes) else str(value)
@@ -1079,10 +1096,12 @@ class UstackSockets:
             return s.linger2 or sysctl["net.ipv4.tcp_fin_timeout"]
         if key == (tcp, SYMBOLS["TCP_USER_TIMEOUT"]):
             return s.user_timeout
+        if key == (tcp, SYMBOLS["TCP_CORK"]):
+            return int(s.cork)
         if key == (tcp, SYMBOLS["TCP_MAXSEG"]):
             conn = s.conn
             if conn is None or conn.state in (S.CLOSED, S.LISTEN):
-                return 536
+                return s.user_mss or 536         # mss_cache is TCP_MSS_DEFAULT until then
             return conn._effective_mss()
         if key == (tcp, SYMBOLS["TCP_CONGESTION"]):
             if s.conn is not None:

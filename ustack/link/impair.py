@@ -508,8 +508,8 @@ class KernelPair:
         from .tun import TunLink
         from ustack.netns import entered, iproute, setup_tun
 
+        links: dict[str, TunLink] = {}
         try:
-            links = {}
             for side, me, peer in (("a", self.a_address, self.b_address),
                                    ("b", self.b_address, self.a_address)):
                 self._fds[side] = fd = _detached_namespace()
@@ -528,7 +528,7 @@ class KernelPair:
             self.relay = Relay(links["a"], links["b"], a_to_b=self._impair[0],
                                b_to_a=self._impair[1])
         except BaseException:
-            for link in locals().get("links", {}).values():
+            for link in links.values():
                 link.close()
             self._close_namespaces()
             raise

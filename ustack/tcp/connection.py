@@ -133,7 +133,8 @@ class Connection:
         # timers: one wheel entry, several deadlines
         "t_rto", "t_delack", "t_misc", "misc_kind", "timer",
         # socket options and lifecycle
-        "nodelay", "linger", "linger2", "reuseaddr", "binding", "orphan", "error", "probes",
+        "nodelay", "cork", "tail_push", "eor_seqs", "linger", "linger2", "user_timeout",
+        "user_mss", "reuseaddr", "binding", "orphan", "error", "probes",
         "closed_notified", "created", "_notify",
     )
 
@@ -229,6 +230,12 @@ class Connection:
         self.nodelay = False
         self.linger: int | None = None
         self.linger2: int | None = None
+        self.user_timeout = 0          # TCP_USER_TIMEOUT, ms (0: tcp_retries2 decides)
+        self.cork = False              # TCP_CORK: partial segments wait, in flight or not
+        self.tail_push = True          # the unsent tail carries PSH (tcp_mark_push; not after
+        #                                a MSG_MORE write)
+        self.eor_seqs: deque[int] = deque()   # MSG_EOR record ends not yet acknowledged
+        self.user_mss = 0              # TCP_MAXSEG (rx_opt.user_mss; 0: none)
         self.reuseaddr = False
         self.binding = None            # the local port's PortBinding (ustack.tcp.ports)
         self.orphan = False
@@ -602,10 +609,12 @@ class Connection:
                 alive = min(self.rto << self.backoff, TCP_RTO_MAX) < TCP_RTO_MAX
                 limit = host.orphan_retries(alive)
                 timed_out = bool(self.retransmits) and \
-                    host.now - self.retrans_stamp >= retransmits_timed_out(limit, base)
+                    host.now - self.retrans_stamp >= self._give_up_after(limit, base)
                 if host.out_of_resources(self, alive or not timed_out):
                     return
-        if self.retransmits and host.now - self.retrans_stamp >= retransmits_timed_out(limit, base):
+        if self.retransmits and host.now - self.retrans_stamp >= \
+                (self._give_up_after(limit, base) if state not in (S.SYN_SENT, S.SYN_RECV)
+                 else retransmits_timed_out(limit, base)):
             if state == S.SYN_RECV:
                 self._destroy(None, notify=False)  # an embryonic connection just goes away
                 return
@@ -646,10 +655,24 @@ class Connection:
             self.backoff = min(self.backoff + 1, 15)
         self.rto_kind = T_RETRANS
         self._reset_rto_timer()
+        if self.user_timeout and state not in (S.SYN_SENT, S.SYN_RECV):
+            # tcp_clamp_rto_to_user_timeout: the last RTO ends when the user's time is up
+            remaining = self.user_timeout - (host.now - self.retrans_stamp)
+            self.t_rto = host.now + (1 if remaining <= 0 else
+                                     min(self.t_rto - host.now, remaining))
+
+    def _give_up_after(self, boundary: int, rto_base: int) -> int:
+        """retransmits_timed_out's timeout: TCP_USER_TIMEOUT when set, else the time the
+        backed-off retransmissions up to `boundary` take."""
+        return self.user_timeout or retransmits_timed_out(boundary, rto_base)
 
     def _probe_timer(self) -> None:
         """Zero-window probe (Linux tcp_probe_timer / tcp_send_probe0)."""
-        if self.snd_wnd != 0 or not self._unsent():
+        if self.rec.rtx or not self._unsent():
+            self.probes = 0
+            return
+        if self.snd_wnd != 0:
+            self._write_wakeup()
             return
         retries2 = self.host.sysctl["net.ipv4.tcp_retries2"]
         limit = retries2
@@ -663,6 +686,9 @@ class Connection:
             abort = not alive and self.backoff >= limit
             if not abort and self.host.out_of_resources(self, True):
                 return
+        if self.user_timeout and \
+                retransmits_timed_out(self.probes, max(self.rto, TCP_RTO_MIN)) >= self.user_timeout:
+            abort = True        # tcp_probe_timer: the probes have taken the user's time
         if abort or self.probes >= limit:
             # Linux tcp_probe_timer -> tcp_write_err: no RST on the wire
             self.host.mib["TcpExtTCPAbortOnTimeout"] += 1
@@ -710,6 +736,8 @@ class Connection:
         if self.ts_ok:
             self.ts_off = host.secret.ts_offset(self.laddr, self.raddr, self.lport, self.rport) \
                 if sysctl["net.ipv4.tcp_timestamps"] == 1 else 0
+        if self.user_mss:
+            self.advmss = min(self.advmss, self.user_mss)     # tcp_connect_init
         # tcp_connect_init: the first window counts in segments of advmss less the TS option
         # when ts_recent_stamp is already set (inherited from TIME-WAIT)
         self.rcv_wnd = self._initial_window(
@@ -1345,7 +1373,7 @@ class Connection:
         n = skb.length
         payload = bytes(self.sndq[off:off + n]) if n > 0 else b""
         flags = ACK | (FIN if skb.fin else 0)
-        if psh or (payload and off + n == len(self.sndq)):
+        if psh or (payload and skb.psh):
             flags |= PSH
         self._emit(flags, skb.seq, payload)
         host = self.host
@@ -1594,7 +1622,8 @@ class Connection:
             return 0
         return len(self.sndq) - sent
 
-    def _output(self, push_one: int = 0, nagle_off: bool = False) -> None:
+    def _output(self, push_one: int = 0, nagle_off: bool = False,
+                cork: bool | None = None) -> None:
         """Send what the windows allow (Linux tcp_write_xmit).
 
         Linux sends the write queue a GSO burst at a time: each turn of its loop takes the
@@ -1616,6 +1645,16 @@ class Connection:
         max_segs = self._tso_segs(mss)
         size_goal = self._size_goal(mss)
         nonagle = nagle_off or self.nodelay
+        if cork is None:
+            cork = self.cork
+        if nagle_off:
+            cork = False
+        eors = self.eor_seqs
+        while eors and not _after(eors[0], self.snd_nxt):
+            if not _after(eors[0], self.snd_una):
+                eors.popleft()
+            else:
+                break
         while True:
             seq = self.snd_nxt
             offset = (seq - self.snd_una) & M32
@@ -1635,6 +1674,10 @@ class Connection:
                 quota = 1
             quota = min(quota, max_segs)
             skb_len = min(avail, max(size_goal, quota * mss))   # the send head (tcp_grow_skb)
+            for e in eors:          # an EOR record is an skb of its own (tcp_skb_can_collapse)
+                if _after(e, seq):
+                    skb_len = min(skb_len, (e - seq) & M32)
+                    break
             is_tail = skb_len == avail
             fin = fin_pending and is_tail
             tso_segs = max(1, -(-skb_len // mss))
@@ -1644,9 +1687,10 @@ class Connection:
                     self._arm_persist()
                 break
             if tso_segs == 1:
-                if skb_len < mss and not fin and not nonagle and push_one != 2 and \
-                        self._minshall_check():
-                    break   # Nagle with Minshall's rule: one small segment in flight at most
+                if skb_len < mss and not fin and push_one != 2 and is_tail and \
+                        (cork or (not nonagle and self._minshall_check())):
+                    break   # corked, or Nagle with Minshall's rule: one small segment in flight
+                    #         at most (tcp_nagle_check; only the last skb waits)
             elif not push_one and self._tso_should_defer(seq, skb_len, is_tail, fin,
                                                          max_segs, mss):
                 cwnd_limited = True
@@ -1654,7 +1698,7 @@ class Connection:
             chunk = skb_len
             if tso_segs > 1:
                 chunk = min(skb_len, self._mss_split_point(seq, skb_len, is_tail, mss, quota,
-                                                           nonagle))
+                                                           nonagle, cork))
             n_segs = max(1, -(-chunk // mss))
             rec.new_burst()
             for k in range(n_segs):
@@ -1663,11 +1707,15 @@ class Connection:
                 last = k == n_segs - 1
                 seg_fin = fin and last and chunk == skb_len
                 flags = ACK
-                if last and (n_segs > 1 or (n and offset + chunk == len(sndq))):
-                    flags |= PSH    # a burst's last segment, or the end of what was written
+                end = (seg_seq + n) & M32
+                # its own mark: the end of a pushed write, or of a MSG_EOR record
+                own_psh = last and bool(n) and ((offset + chunk == len(sndq) and self.tail_push)
+                                                or end in eors)
+                if own_psh or (last and n_segs > 1):
+                    flags |= PSH    # ... or the last segment of a burst (tcp_transmit_skb)
                 if seg_fin:
                     flags |= FIN    # FIN rides on the last data segment, or goes alone
-                self._send_new(seg_seq, n, flags)
+                self._send_new(seg_seq, n, flags, own_psh)
                 if n < mss:
                     self.snd_sml = self.snd_nxt       # tcp_minshall_update
             sent += n_segs
@@ -1680,8 +1728,10 @@ class Connection:
             self._cwnd_validate(cwnd_limited)
         if sent and push_one != 2:
             self._schedule_loss_probe(False)
+        if not sent and not rec.rtx and self._unsent() > 0 and self.t_rto == NEVER:
+            self._arm_persist()     # tcp_check_probe_timer: held data goes after one RTO
 
-    def _send_new(self, seq: int, n: int, flags: int) -> None:
+    def _send_new(self, seq: int, n: int, flags: int, own_psh: bool = False) -> None:
         """One new segment on the wire and in the retransmission queue
         (tcp_event_new_data_sent)."""
         host = self.host
@@ -1694,13 +1744,17 @@ class Connection:
         fin = bool(flags & FIN)
         end = (seq + n + fin) & M32
         self.snd_nxt = end
-        rec.on_sent(seq, end, fin, host.now)
+        rec.on_sent(seq, end, fin, host.now).psh = own_psh
         self.last_snd_data_time = host.now
         if (host.now - self.lrcvtime) < self.ato:
             self.pingpong = True  # Linux tcp_event_data_sent: a reply within ato
         if _after(self.snd_nxt, self.snd_max):
             self.snd_max = self.snd_nxt
         host.mib["TcpExtTCPOrigDataSent"] += 1
+        if self.misc_kind == T_PROBE0:
+            # the transmit timer now serves the RTO (Linux: one icsk timer for both)
+            self.t_misc = NEVER
+            self.misc_kind = T_NONE
         # the RTO starts with the first packet in flight, and takes over from a pending probe
         if not prior_packets or (self.t_rto != NEVER and self.rto_kind == T_LOSS_PROBE):
             self._rearm_rto()
@@ -1742,7 +1796,7 @@ class Connection:
         return max((goal // mss) * mss, mss)
 
     def _mss_split_point(self, seq: int, skb_len: int, is_tail: bool, mss: int, quota: int,
-                         nonagle: bool) -> int:
+                         nonagle: bool, cork: bool = False) -> int:
         """tcp_mss_split_point: how much of the head skb one burst takes."""
         window = (self.snd_una + self.snd_wnd - seq) & M32
         max_len = mss * quota
@@ -1752,7 +1806,7 @@ class Connection:
         if max_len <= needed:
             return max_len
         partial = needed % mss
-        if partial and not nonagle and self._minshall_check():
+        if partial and (cork or (not nonagle and self._minshall_check())):
             return needed - partial
         return needed
 
@@ -1848,15 +1902,39 @@ class Connection:
     def lsndtime(self) -> int:
         return self.last_snd_data_time
 
+    def _write_wakeup(self) -> None:
+        """tcp_write_wakeup with the window open: data held by Nagle or a cork leaves, as much
+        of the send head as one MSS and the window allow, with PSH."""
+        mss = self._effective_mss()
+        seq = self.snd_nxt
+        offset = (seq - self.snd_una) & M32
+        n = min(len(self.sndq) - offset, mss, (self.snd_una + self.snd_wnd - seq) & M32)
+        for e in self.eor_seqs:
+            if _after(e, seq):
+                n = min(n, (e - seq) & M32)
+                break
+        fin = self.fin_queued and ((seq + n) & M32) == self.fin_seq
+        if n <= 0 and not fin:
+            return
+        self.rec.new_burst()
+        self._send_new(seq, max(n, 0), ACK | PSH | (FIN if fin else 0), True)
+        if n < mss:
+            self.snd_sml = self.snd_nxt
+        self.backoff = 0
+        self.probes = 0
+
     def _arm_persist(self) -> None:
         if self.misc_kind != T_PROBE0:
             self.misc_kind = T_PROBE0
             self.t_misc = self.host.now + min(self.rto << self.backoff, TCP_RTO_MAX)
 
     # ------------------------------------------------------------------ user calls
-    def send(self, data: bytes | bytearray | memoryview, limit: bool = False) -> int:
+    def send(self, data: bytes | bytearray | memoryview, limit: bool = False, *,
+             more: bool = False, eor: bool = False) -> int:
         """Queue bytes to send.  With limit=True accept only what fits in sndbuf (socket
-        semantics: a short write); otherwise accept everything (asyncio transports buffer)."""
+        semantics: a short write); otherwise accept everything (asyncio transports buffer).
+        more: MSG_MORE (hold a partial segment for this call, no PSH); eor: MSG_EOR (the
+        record ends here: later data never joins its last segment)."""
         state = self.state
         if state in S.SEND_CLOSED or self.fin_queued:
             raise BrokenPipeError(32, "Broken pipe: the send side is shut down")
@@ -1873,9 +1951,21 @@ class Connection:
             self.sndq += memoryview(data)[:n]
         else:
             self.sndq += data
-        self._output()
+        if n:
+            self.tail_push = not more          # tcp_push: tcp_mark_push unless MSG_MORE
+            if eor and n == len(data):
+                self.eor_seqs.append((self.snd_una + len(self.sndq)) & M32)
+        self._output(cork=self.cork or more)
         self._arm()
         return n
+
+    def set_cork(self, on: bool) -> None:
+        """TCP_CORK; uncorking pushes what was held (tcp_push_pending_frames)."""
+        self.cork = on
+        if not on and self.state in (S.ESTABLISHED, S.CLOSE_WAIT):
+            self.tail_push = True
+            self._output()
+            self._arm()
 
     def recv(self, n: int = -1) -> bytes:
         """Take up to n bytes from the receive queue and reopen the window if it was small."""

@@ -79,11 +79,12 @@ def _after(a: int, b: int) -> bool:
 class Skb:
     """One sent segment (Linux: an skb in the retransmission queue, one MSS here)."""
 
-    __slots__ = ("seq", "end_seq", "fin", "sacked", "time", "delivered", "burst")
+    __slots__ = ("seq", "end_seq", "fin", "sacked", "time", "delivered", "burst", "psh")
 
     def __init__(self, seq: int, end_seq: int, fin: bool, time: int, delivered: int,
                  burst: int = 0) -> None:
         self.burst = burst            # segments handed to the device together (one GSO skb)
+        self.psh = False              # its own PSH mark (tcp_mark_push), kept for retransmits
         self.seq = seq
         self.end_seq = end_seq
         self.fin = fin
@@ -1023,8 +1024,8 @@ class Recovery:
         i = rtx.index(skb)
         while i + 1 < len(rtx):
             nxt = rtx[i + 1]
-            if nxt.sacked & SACKED_ACKED or skb.fin:
-                break
+            if nxt.sacked & SACKED_ACKED or skb.fin or skb.end_seq in self.c.eor_seqs:
+                break       # never across a MSG_EOR record end (tcp_skb_can_collapse)
             if skb.length + nxt.length > room:
                 break
             if _after(nxt.end_seq, wnd_end):
@@ -1035,6 +1036,7 @@ class Recovery:
             if nxt.sacked & LOST:
                 self.lost_out -= 1
             skb.sacked |= nxt.sacked & EVER_RETRANS
+            skb.psh |= nxt.psh                  # the flags are merged too
             skb.end_seq = nxt.end_seq
             skb.fin = nxt.fin
             del rtx[i + 1]
