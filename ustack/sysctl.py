@@ -58,6 +58,7 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
     "net.ipv4.tcp_reordering": (3, int, 1, _INT_MAX),
     "net.ipv4.tcp_max_reordering": (300, int, 1, _INT_MAX),
     "net.ipv4.tcp_retrans_collapse": (1, int, 0, 1),
+    "net.ipv4.tcp_notsent_lowat": (4294967295, int, 1, 4294967295),
     "net.ipv4.tcp_congestion_control": ("cubic", "congestion", 0, 0),
     "net.ipv4.tcp_moderate_rcvbuf": (1, int, 0, 1),
     "net.ipv4.tcp_autocorking": (1, int, 0, 1),

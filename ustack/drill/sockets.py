@@ -683,6 +683,10 @@ class UstackSockets:
             opts["rcvbuf"] = s.rcvbuf
         if s.sndbuf is not None:
             opts["sndbuf"] = s.sndbuf
+            opts["sndbuf_locked"] = True
+        lowat = s.other.get((SYMBOLS["SOL_TCP"], SYMBOLS["TCP_NOTSENT_LOWAT"]))
+        if lowat is not None:
+            opts["notsent_lowat"] = lowat
         cc = s.other.get((SYMBOLS["SOL_TCP"], SYMBOLS["TCP_CONGESTION"]))
         if cc is not None:
             opts["congestion_control"] = cc
@@ -765,6 +769,10 @@ class UstackSockets:
                 self.notes.add("listener_options")
             if s.sndbuf is not None:
                 conn.sndbuf = s.sndbuf
+                conn.sndbuf_locked = True
+            lowat = s.other.get((SYMBOLS["SOL_TCP"], SYMBOLS["TCP_NOTSENT_LOWAT"]))
+            if lowat is not None:
+                conn.notsent_lowat = lowat
             self.socks[nfd] = child
             return nfd
         return attempt()
@@ -905,8 +913,9 @@ class UstackSockets:
             if want <= 0:
                 return n
             try:
+                # sk_stream_memory_free: nothing more while TCP_NOTSENT_LOWAT is reached
                 took = conn.send(bytes(want), limit=True, more=bool(flags & MSG_MORE),
-                                 eor=bool(flags & MSG_EOR))
+                                 eor=bool(flags & MSG_EOR)) if conn.memory_free(0) else 0
             except BrokenPipeError:
                 raise SysError(_errno.EPIPE)
             except OSError as e:
@@ -1006,6 +1015,7 @@ class UstackSockets:
             self.notes.add("buffers")
             if conn is not None:
                 conn.sndbuf = max(s.sndbuf, self.SOCK_MIN_SNDBUF // 2)
+                conn.sndbuf_locked = True
         elif key == (sol, SYMBOLS["SO_KEEPALIVE"]):
             s.keepalive = bool(value)
             self.notes.add("keepalive")
@@ -1028,6 +1038,12 @@ class UstackSockets:
             s.user_timeout = value
             if conn is not None:
                 conn.user_timeout = value
+        elif key == (tcp, SYMBOLS["TCP_NOTSENT_LOWAT"]):
+            if value < 0:
+                raise SysError(_errno.EINVAL)
+            s.other[key] = value
+            if conn is not None:
+                conn.notsent_lowat = value
         elif key == (tcp, SYMBOLS["TCP_CORK"]):
             s.cork = bool(value)
             if conn is not None:
@@ -1098,6 +1114,8 @@ class UstackSockets:
             return s.user_timeout
         if key == (tcp, SYMBOLS["TCP_CORK"]):
             return int(s.cork)
+        if key == (tcp, SYMBOLS["TCP_NOTSENT_LOWAT"]):
+            return s.other.get(key, 0)
         if key == (tcp, SYMBOLS["TCP_MAXSEG"]):
             conn = s.conn
             if conn is None or conn.state in (S.CLOSED, S.LISTEN):
@@ -1201,7 +1219,8 @@ class UstackSockets:
     def _writable(conn: Any) -> bool:
         """sk_stream_is_writeable: free space at least half of what is queued."""
         queued = conn.snd_queued
-        return conn.sndbuf - queued >= queued // 2 and conn.sndbuf > queued
+        return conn.sndbuf - queued >= queued // 2 and conn.sndbuf > queued and \
+            conn.memory_free(1)
 
 
 def _opt_name(level: int, name: int) -> str:

@@ -134,7 +134,7 @@ class Connection:
         "t_rto", "t_delack", "t_misc", "misc_kind", "timer",
         # socket options and lifecycle
         "nodelay", "cork", "tail_push", "eor_seqs", "linger", "linger2", "user_timeout",
-        "user_mss", "reuseaddr", "binding", "orphan", "error", "probes",
+        "user_mss", "notsent_lowat", "sndbuf_locked", "reuseaddr", "binding", "orphan", "error", "probes",
         "closed_notified", "created", "_notify",
     )
 
@@ -236,6 +236,8 @@ class Connection:
         #                                a MSG_MORE write)
         self.eor_seqs: deque[int] = deque()   # MSG_EOR record ends not yet acknowledged
         self.user_mss = 0              # TCP_MAXSEG (rx_opt.user_mss; 0: none)
+        self.notsent_lowat = 0         # TCP_NOTSENT_LOWAT (0: net.ipv4.tcp_notsent_lowat)
+        self.sndbuf_locked = False     # SO_SNDBUF was set (SOCK_SNDBUF_LOCK): no auto-growth
         self.reuseaddr = False
         self.binding = None            # the local port's PortBinding (ustack.tcp.ports)
         self.orphan = False
@@ -1114,10 +1116,35 @@ class Connection:
 
     def _init_transfer(self) -> None:
         """Linux tcp_init_transfer: the initial window (1 after a retransmitted SYN that
-        could not be undone), then the congestion module starts."""
+        could not be undone), the send buffer sized for it, then the congestion module."""
         self.cwnd = TCP_INIT_CWND if self.total_retrans <= 1 else 1
         self.cwnd_stamp = self.host.now
+        self._sndbuf_expand()
         self.ca.init(self)
+
+    def _sndbuf_expand(self) -> None:
+        """tcp_sndbuf_expand: room for two windows of worst-case (one skb per MSS) segments,
+        at most tcp_wmem[2], unless the application set SO_SNDBUF.  (Linux counts memory;
+        ustack counts the same number as payload bytes.)"""
+        if self.sndbuf_locked:
+            return
+        per_mss = max(self.mss, self.peer_mss) + 320 + 320
+        per_mss = (1 << (per_mss - 1).bit_length()) + 256
+        nr_segs = max(TCP_INIT_CWND, self.cwnd, self.rec.reordering + 1)
+        sndmem = 2 * nr_segs * per_mss
+        if self.sndbuf < sndmem:
+            self.sndbuf = min(sndmem, self.host.sysctl["net.ipv4.tcp_wmem"][2])
+
+    @property
+    def notsent_bytes(self) -> int:
+        """Written but not yet sent (SIOCOUTQNSD)."""
+        return max(self._unsent(), 0)
+
+    def memory_free(self, wake: int = 0) -> bool:
+        """tcp_stream_memory_free: unsent bytes (doubled for poll's wake-up test) below
+        TCP_NOTSENT_LOWAT, or the tcp_notsent_lowat setting."""
+        lowat = self.notsent_lowat or self.host.sysctl["net.ipv4.tcp_notsent_lowat"]
+        return (self.notsent_bytes << wake) < lowat
 
     def set_congestion_control(self, name: str) -> None:
         """TCP_CONGESTION: switch this connection's module (a fresh instance)."""
