@@ -4,19 +4,21 @@ Everything that changes a connection's state goes through `Connection._set_state
 rule names where it comes from: RFC 9293 sections, or the Linux function whose behaviour ustack
 reproduces (tcp_rcv_state_process, tcp_ack, tcp_data_queue, tcp_fin, tcp_close ... in
 net/ipv4/tcp_input.c, tcp_output.c, tcp.c).  What happens once a connection reaches TIME-WAIT
-lives in timewait.py.
+lives in timewait.py.  The connection's roles live beside it, each in its own file: the
+receive window and delayed ACKs (rcvwnd.py), what leaves on the wire when (output.py), the
+scoreboard and loss recovery (recovery.py) and congestion control (cong/).
 
 Sequence numbers are plain ints modulo 2**32; `_before(a, b)` is Linux's before(): a < b in
-sequence space.  The send queue `sndq` holds the bytes from snd_una on; `snd_nxt` may be rolled
-back to snd_una after a retransmission timeout (go-back-N) while `snd_max` keeps the highest
-sequence number ever sent (the RFC's SND.NXT for acceptability checks).
+sequence space.  The send queue `sndq` holds the bytes from snd_una on; the segments sent from
+it are the scoreboard's (`rec.rtx`).  As in Linux, snd_nxt never moves back (a timeout marks
+segments lost instead), so `snd_max`, the highest sequence number ever sent, equals it.
 """
 from __future__ import annotations
 
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ustack._segment import ACK, FIN, PSH, RST, SYN, build_tcp
+from ustack._segment import ACK, FIN, RST, SYN, build_tcp
 from ustack.tcp import cong
 from ustack.tcp import states as S
 from ustack.tcp.cong import CA_CWR, CA_LOSS, CA_OPEN, TCP_INFINITE_SSTHRESH
@@ -24,53 +26,22 @@ from ustack.tcp.paws import paws_check
 from ustack.tcp.recovery import (FLAG_ACKED, FLAG_CA_ALERT, FLAG_DATA, FLAG_DATA_ACKED,
                                  FLAG_DSACKING_ACK, FLAG_DSACK_TLP, FLAG_FORWARD_PROGRESS,
                                  FLAG_NOT_DUP, FLAG_SET_XMIT_TIMER, FLAG_SND_UNA_ADVANCED,
-                                 FLAG_WIN_UPDATE, REXMIT_NEW, REXMIT_NONE, Recovery, Skb)
-from ustack.tcp.timers import (T_FIN_WAIT2, T_NONE, T_LOSS_PROBE, T_PROBE0, T_REO_TIMEOUT, T_RETRANS,
-                               timer_name)
+                                 FLAG_WIN_UPDATE, REXMIT_NEW, REXMIT_NONE, Recovery)
+from ustack.tcp.timers import (T_FIN_WAIT2, T_LOSS_PROBE, T_NONE, T_PROBE0, T_REO_TIMEOUT,
+                               T_RETRANS, timer_name)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ustack.host import Host
 
-M32 = 0xFFFFFFFF
-NEVER = 1 << 62
+from ustack.tcp.common import (GSO_MAX_SIZE, M32, MAX_WSCALE, NEVER, PAWS_ACK, PAWS_DATA,
+                               TCP_ATO_MIN, TCP_DEFAULT_SCALING_RATIO, TCP_INIT_CWND,
+                               TCP_RTO_MAX, TCP_RTO_MIN, TCP_TIMEOUT_INIT, TCP_TIMEOUT_MIN,
+                               TS_OPT_LEN, _after, _before)
+from ustack.tcp.output import SendSide
+from ustack.tcp.rcvwnd import ReceiveSide, skb_truesize
 
-TCP_RTO_MIN = 200          # ms (Linux TCP_RTO_MIN)
-TCP_RTO_MAX = 120_000      # ms (Linux TCP_RTO_MAX)
-TCP_TIMEOUT_INIT = 1000    # ms (RFC 6298 initial RTO; Linux TCP_TIMEOUT_INIT)
-TCP_TIMEOUT_MIN = 2        # ms (Linux: 2 jiffies)
-TCP_ATO_MIN = 40           # ms (HZ/25: Linux's minimal delayed-ACK timeout)
-TCP_DELACK_MAX = 200       # ms
-TCP_MAX_QUICKACKS = 16
-TCP_INIT_CWND = 10         # segments (RFC 6928, Linux TCP_INIT_CWND)
-TS_OPT_LEN = 12            # NOP NOP TS(10)
-TCP_RMEM_TO_WIN_SCALE = 8
-TCP_DEFAULT_SCALING_RATIO = 1 << (TCP_RMEM_TO_WIN_SCALE - 1)  # window = half the memory
-
-
-def skb_truesize(payload_len: int) -> int:
-    """The memory a received segment costs, as Linux counts it for a packet read from a TUN
-    device: a kmalloc'ed buffer (NET_SKB_PAD + headers + data + skb_shared_info, rounded up to
-    its size class) plus the sk_buff itself."""
-    need = 64 + 60 + payload_len + 320
-    size = 512
-    while size < need:
-        size <<= 1
-    return size + 256
-MAX_WSCALE = 14
-GSO_MAX_SIZE = 65536 - 321   # sk_gso_max_size on a TUN device: 64 KB less MAX_TCP_HEADER + 1
-
-
-PAWS_DATA = 1     # tcp_disordered_ack_check: SKB_DROP_REASON_TCP_RFC7323_PAWS
-PAWS_ACK = 2      # ... SKB_DROP_REASON_TCP_RFC7323_PAWS_ACK
-
-
-def _before(a: int, b: int) -> bool:
-    """a precedes b in sequence space (Linux before())."""
-    return ((a - b) & M32) > 0x7FFFFFFF
-
-
-def _after(a: int, b: int) -> bool:
-    return ((b - a) & M32) > 0x7FFFFFFF
+__all__ = ["Connection", "ConnectionUser", "NULL_USER", "NEVER", "retransmits_timed_out",
+           "skb_truesize", "GSO_MAX_SIZE", "M32", "MAX_WSCALE", "_after", "_before"]
 
 
 def retransmits_timed_out(boundary: int, rto_base: int) -> int:
@@ -105,7 +76,7 @@ class _NullUser(ConnectionUser):
 NULL_USER = _NullUser()
 
 
-class Connection:
+class Connection(ReceiveSide, SendSide):
     __slots__ = (
         "host", "laddr", "lport", "raddr", "rport", "key", "state", "user", "listener",
         # send sequence space (RFC 9293 §3.3.1)
@@ -273,83 +244,6 @@ class Connection:
 
     def _effective_mss(self) -> int:
         return self.mss - (TS_OPT_LEN if self.ts_ok else 0)
-
-    def _win_from_space(self, space: int) -> int:
-        """Linux tcp_win_from_space: memory to window by the measured payload/truesize ratio."""
-        return (space * self.scaling_ratio) >> TCP_RMEM_TO_WIN_SCALE if space > 0 else 0
-
-    def _space(self) -> int:
-        """Linux tcp_space: the window the free receive memory is worth."""
-        return self._win_from_space(self.rcvbuf - self.rmem_alloc)
-
-    def _select_window(self) -> int:
-        """The window to advertise, unscaled (Linux tcp_select_window + __tcp_select_window):
-        free memory as window, capped by rcv_ssthresh, never shrinking the right edge already
-        offered, aligned to the scale."""
-        shift = self.rcv_wscale
-        mss = self.rcv_mss
-        free = self._space()
-        allowed = self._win_from_space(self.rcvbuf)
-        full = min(self.window_clamp, allowed)
-        new = -1
-        if mss > full:
-            mss = full
-            if mss <= 0:
-                new = 0
-        if new < 0 and free < (full >> 1):
-            self.quickack = 0
-            free = (free >> shift) << shift
-            if free < (allowed >> 4) or free < mss:
-                new = 0
-        if new < 0:
-            if free > self.rcv_ssthresh:
-                free = self.rcv_ssthresh
-            if shift:
-                new = ((free + (1 << shift) - 1) >> shift) << shift
-            else:
-                new = self.rcv_wnd
-                if new <= free - mss or new > free:
-                    new = (free // mss) * mss if mss > 0 else free
-                elif mss == full and free > new + (full >> 1):
-                    new = free
-        cur = self._rcv_window_now()
-        if new < cur:
-            # never shrink the offered window (RFC 9293 §3.8.6.2.2; tcp_select_window)
-            new = ((cur + (1 << shift) - 1) >> shift) << shift
-        maxwin = 65535 << shift
-        return maxwin if new > maxwin else new
-
-    def _init_buffer_space(self) -> None:
-        """Linux tcp_init_buffer_space at the end of the handshake: the clamp is the full
-        space less one segment (tcp_app_win), and rcv_ssthresh stays under it."""
-        maxwin = self._win_from_space(self.rcvbuf)
-        if self.window_clamp >= maxwin:
-            self.window_clamp = maxwin
-        if self.window_clamp > 2 * self.advmss and self.window_clamp + self.advmss > maxwin:
-            self.window_clamp = max(2 * self.advmss, maxwin - self.advmss)
-        self.rcv_ssthresh = min(self.rcv_ssthresh, self.window_clamp)
-
-    def _grow_window(self, n: int, truesize: int) -> None:
-        """Linux tcp_grow_window: raise rcv_ssthresh while segments use memory efficiently."""
-        room = min(self.window_clamp, self._space()) - self.rcv_ssthresh
-        if room <= 0:
-            return
-        if self._win_from_space(truesize) <= n:
-            incr = 2 * self.advmss
-        else:
-            incr = 0
-            ts = self._win_from_space(truesize) >> 1
-            window = self._win_from_space(self.host.sysctl["net.ipv4.tcp_rmem"][2]) >> 1
-            while self.rcv_ssthresh <= window:
-                if ts <= n:
-                    incr = 2 * self.rcv_mss
-                    break
-                ts >>= 1
-                window >>= 1
-        if incr:
-            incr = max(incr, 2 * n)
-            self.rcv_ssthresh += min(room, incr)
-            self.quickack |= 1
 
     def _emit(self, flags: int, seq: int, payload: bytes = b"", *, syn_options: bool = False,
               ack: int | None = None) -> None:
@@ -888,10 +782,6 @@ class Connection:
         return not _before(end, self.rcv_wup) and \
             not _after(seg.seq, (self.rcv_nxt + self._rcv_window_now()) & M32)
 
-    def _rcv_window_now(self) -> int:
-        win = (self.rcv_wup + self.rcv_wnd - self.rcv_nxt) & M32
-        return 0 if win > 0x7FFFFFFF else win
-
     def _rcv_synchronized(self, seg: Any, skip_checks: bool = False) -> None:
         """Linux tcp_rcv_state_process / tcp_rcv_established for every state after SYN-SENT."""
         host = self.host
@@ -1393,32 +1283,6 @@ class Connection:
         self.rto = min(self.srtt + max(4 * self.rttvar, TCP_RTO_MIN), TCP_RTO_MAX)
 
     # ------------------------------------------------------------------ retransmission
-    def _transmit_skb(self, skb: Skb, psh: bool = False) -> None:
-        """Send a segment of the retransmission queue again, as it was cut (Linux
-        __tcp_retransmit_skb: counted in TcpRetransSegs, stamped, EVER_RETRANS)."""
-        off = (skb.seq - self.snd_una) & M32
-        n = skb.length
-        payload = bytes(self.sndq[off:off + n]) if n > 0 else b""
-        flags = ACK | (FIN if skb.fin else 0)
-        if psh or (payload and skb.psh):
-            flags |= PSH
-        self._emit(flags, skb.seq, payload)
-        host = self.host
-        host.mib["TcpRetransSegs"] += 1
-        self.total_retrans += 1
-        skb.time = host.now
-        skb.sacked |= 0x80      # EVER_RETRANS
-
-    def _retransmit_skb(self, skb: Skb) -> None:
-        """Linux tcp_retransmit_skb: a small segment first takes the next ones along
-        (tcp_retrans_try_collapse), then it goes out marked as retransmitted."""
-        rec = self.rec
-        if self.host.sysctl["net.ipv4.tcp_retrans_collapse"] and \
-                skb.length < self._effective_mss():
-            rec.collapse_into(skb, self._effective_mss(), (self.snd_una + self.snd_wnd) & M32)
-        self._transmit_skb(skb)
-        rec.mark_retransmitted(skb)
-
     # ------------------------------------------------------------------ receive text
     def _data_queue(self, seg: Any) -> None:
         """Linux tcp_data_queue: in-order text (and FIN) to the socket, old duplicates get a
@@ -1525,97 +1389,6 @@ class Connection:
                 self._fin()
                 break
 
-    def _measure_rcv_mss(self, seg: Any, n: int, truesize: int) -> None:
-        """Linux tcp_measure_rcv_mss: learn the peer's segment size (and with it the
-        payload/truesize ratio); note small pushes."""
-        if n >= self.rcv_mss:
-            if n != self.rcv_mss:
-                self.scaling_ratio = max(1, (n << TCP_RMEM_TO_WIN_SCALE) // truesize)
-            self.rcv_mss = min(n, self.advmss)
-            if seg.flags & PSH:
-                self.ack_pushed = max(self.ack_pushed, 1)
-            return
-        full = n + seg.data_offset
-        hdr = 20 + (TS_OPT_LEN if self.ts_ok else 0)
-        lss = self.last_seg_size
-        self.last_seg_size = 0
-        if full >= 536 + 20 or (full >= 88 + 20 and not seg.flags & (FIN | SYN | PSH | 0x20)):
-            self.last_seg_size = full - hdr
-            if self.last_seg_size == lss:
-                self.rcv_mss = lss
-                return
-        self.ack_pushed = 2 if self.ack_pushed else 1
-
-    def _event_data_recv(self, seg: Any, n: int, truesize: int) -> None:
-        """Linux tcp_event_data_recv: the delayed-ACK engine's clock (ato) and window growth."""
-        self.ack_pending = True
-        self._measure_rcv_mss(seg, n, truesize)
-        now = self.host.now
-        if self.ato == 0:
-            # the first data ever received: start in quick-ACK mode
-            self._incr_quickack(TCP_MAX_QUICKACKS)
-            self.ato = TCP_ATO_MIN
-        else:
-            m = now - self.lrcvtime
-            if m <= TCP_ATO_MIN // 2:
-                self.ato = (self.ato >> 1) + TCP_ATO_MIN // 2
-            elif m < self.ato:
-                self.ato = min((self.ato >> 1) + m, self.rto)
-            elif m > self.rto:
-                self._incr_quickack(TCP_MAX_QUICKACKS)
-        self.lrcvtime = now
-        if n >= 128:
-            self._grow_window(n, truesize)
-
-    def _incr_quickack(self, max_quickacks: int) -> None:
-        """Linux tcp_incr_quickack: only ever raises the count."""
-        q = self.rcv_wnd // (2 * max(self.rcv_mss, 1))
-        if q == 0:
-            q = 2
-        q = min(q, max_quickacks)
-        if q > self.quickack:
-            self.quickack = q
-
-    def _enter_quickack_mode(self) -> None:
-        """Linux tcp_enter_quickack_mode."""
-        self._incr_quickack(TCP_MAX_QUICKACKS)
-        self.pingpong = False
-        self.ato = TCP_ATO_MIN
-
-    def _ack_snd_check(self) -> None:
-        """Linux __tcp_ack_snd_check: ACK now, or let the delayed-ACK timer do it."""
-        if not self.ack_pending:
-            return
-        unacked = (self.rcv_nxt - self.rcv_wup) & M32
-        if (unacked > self.rcv_mss and self._select_window() >= self.rcv_wnd) \
-                or (self.quickack and not self.pingpong) or self.ack_now or self.ooo:
-            # (out-of-order text: Linux sends the first three duplicate ACKs at once and then
-            # compresses SACKs by about 1 ms; ustack sends them all at once)
-            self.send_ack()
-            return
-        self._send_delayed_ack()
-
-    def _send_delayed_ack(self) -> None:
-        """Linux tcp_send_delayed_ack: the timeout is ato, bounded by the RTT and mode."""
-        ato = self.ato
-        if ato > TCP_ATO_MIN:
-            max_ato = 500
-            if self.pingpong or self.ack_pushed:
-                max_ato = TCP_DELACK_MAX
-            if self.srtt:
-                max_ato = min(max_ato, max(self.srtt, TCP_ATO_MIN))
-            ato = min(ato, max_ato)
-        ato = min(ato, TCP_DELACK_MAX)
-        now = self.host.now
-        timeout = now + max(ato, 1)  # a zero ato still waits for the next tick
-        if self.t_delack != NEVER:
-            if self.t_delack <= now + (ato >> 2):
-                self.send_ack()  # the timer is about to fire anyway
-                return
-            if timeout >= self.t_delack:
-                timeout = self.t_delack
-        self.t_delack = timeout
-
     def _fin(self) -> None:
         """Linux tcp_fin: the peer's FIN, in order."""
         state = self.state
@@ -1639,321 +1412,6 @@ class Connection:
         elif state == S.FIN_WAIT_2:
             self.send_ack()
             self.host.enter_timewait(self, S.TIME_WAIT)
-
-    # ------------------------------------------------------------------ output
-    def _unsent(self) -> int:
-        sent = (self.snd_nxt - self.snd_una) & M32
-        if self.state in (S.SYN_SENT, S.SYN_RECV):
-            return len(self.sndq)
-        if self.fin_queued and not _before(self.snd_nxt, (self.fin_seq + 1) & M32):
-            return 0
-        return len(self.sndq) - sent
-
-    def _output(self, push_one: int = 0, nagle_off: bool = False,
-                cork: bool | None = None) -> None:
-        """Send what the windows allow (Linux tcp_write_xmit).
-
-        Linux sends the write queue a GSO burst at a time: each turn of its loop takes the
-        head of the unsent data (an skb of up to size_goal bytes), lets out as many MSS as
-        the congestion window's quota and the TSO autosizing allow, and hands them to the
-        device as one packet that is cut into MSS segments, PSH on the last one.  Turns may
-        be deferred to wait for a bigger burst (tcp_tso_should_defer); a lone sub-MSS tail
-        waits under Nagle's rule.  push_one=1 sends at most one burst, push_one=2 one even
-        past cwnd (the tail loss probe)."""
-        state = self.state
-        if state not in (S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_1, S.CLOSING, S.LAST_ACK):
-            return
-        mss = self._effective_mss()
-        sndq = self.sndq
-        rec = self.rec
-        sent = 0
-        cwnd_limited = False
-        wnd_end = (self.snd_una + self.snd_wnd) & M32
-        max_segs = self._tso_segs(mss)
-        size_goal = self._size_goal(mss)
-        nonagle = nagle_off or self.nodelay
-        if cork is None:
-            cork = self.cork
-        if nagle_off:
-            cork = False
-        eors = self.eor_seqs
-        while eors and not _after(eors[0], self.snd_nxt):
-            if not _after(eors[0], self.snd_una):
-                eors.popleft()
-            else:
-                break
-        while True:
-            seq = self.snd_nxt
-            offset = (seq - self.snd_una) & M32
-            avail = len(sndq) - offset
-            fin_pending = self.fin_queued and not _after(seq, self.fin_seq) and \
-                not _before(seq, self.snd_una)
-            if avail <= 0 and not (fin_pending and seq == self.fin_seq):
-                break
-            avail = max(avail, 0)
-            in_flight = rec.in_flight()
-            quota = 0 if in_flight >= self.cwnd else \
-                min(max(self.cwnd >> 1, 1), self.cwnd - in_flight)        # tcp_cwnd_test
-            if not quota:
-                if push_one != 2:
-                    cwnd_limited = True
-                    break
-                quota = 1
-            quota = min(quota, max_segs)
-            skb_len = min(avail, max(size_goal, quota * mss))   # the send head (tcp_grow_skb)
-            for e in eors:          # an EOR record is an skb of its own (tcp_skb_can_collapse)
-                if _after(e, seq):
-                    skb_len = min(skb_len, (e - seq) & M32)
-                    break
-            is_tail = skb_len == avail
-            fin = fin_pending and is_tail
-            tso_segs = max(1, -(-skb_len // mss))
-            first = min(skb_len, mss)
-            if _after((seq + first + (1 if fin and skb_len <= mss else 0)) & M32, wnd_end):
-                if self.snd_wnd == 0 and not rec.rtx:                  # tcp_snd_wnd_test
-                    self._arm_persist()
-                break
-            if tso_segs == 1:
-                if skb_len < mss and not fin and push_one != 2 and is_tail and \
-                        (cork or (not nonagle and self._minshall_check())):
-                    break   # corked, or Nagle with Minshall's rule: one small segment in flight
-                    #         at most (tcp_nagle_check; only the last skb waits)
-            elif not push_one and self._tso_should_defer(seq, skb_len, is_tail, fin,
-                                                         max_segs, mss):
-                cwnd_limited = True
-                break
-            chunk = skb_len
-            if tso_segs > 1:
-                chunk = min(skb_len, self._mss_split_point(seq, skb_len, is_tail, mss, quota,
-                                                           nonagle, cork))
-            n_segs = max(1, -(-chunk // mss))
-            rec.new_burst()
-            for k in range(n_segs):
-                seg_seq = self.snd_nxt
-                n = min(mss, chunk - k * mss)
-                last = k == n_segs - 1
-                seg_fin = fin and last and chunk == skb_len
-                flags = ACK
-                end = (seg_seq + n) & M32
-                # its own mark: the end of a pushed write, or of a MSG_EOR record
-                own_psh = last and bool(n) and ((offset + chunk == len(sndq) and self.tail_push)
-                                                or end in eors)
-                if own_psh or (last and n_segs > 1):
-                    flags |= PSH    # ... or the last segment of a burst (tcp_transmit_skb)
-                if seg_fin:
-                    flags |= FIN    # FIN rides on the last data segment, or goes alone
-                self._send_new(seg_seq, n, flags, own_psh)
-                if n < mss:
-                    self.snd_sml = self.snd_nxt       # tcp_minshall_update
-            sent += n_segs
-            if push_one:
-                break
-        if sent and rec.in_cwnd_reduction():
-            rec.prr_out += sent
-        cwnd_limited |= rec.in_flight() >= self.cwnd
-        if sent or cwnd_limited:
-            self._cwnd_validate(cwnd_limited)
-        if sent and push_one != 2:
-            self._schedule_loss_probe(False)
-        if not sent and not rec.rtx and self._unsent() > 0 and self.t_rto == NEVER:
-            self._arm_persist()     # tcp_check_probe_timer: held data goes after one RTO
-
-    def _send_new(self, seq: int, n: int, flags: int, own_psh: bool = False) -> None:
-        """One new segment on the wire and in the retransmission queue
-        (tcp_event_new_data_sent)."""
-        host = self.host
-        rec = self.rec
-        offset = (seq - self.snd_una) & M32
-        if rec.in_flight() == 0 and not rec.rtx:
-            self._tx_start()
-        prior_packets = rec.packets_out
-        self._emit(flags, seq, bytes(self.sndq[offset:offset + n]))
-        fin = bool(flags & FIN)
-        end = (seq + n + fin) & M32
-        self.snd_nxt = end
-        rec.on_sent(seq, end, fin, host.now).psh = own_psh
-        self.last_snd_data_time = host.now
-        if (host.now - self.lrcvtime) < self.ato:
-            self.pingpong = True  # Linux tcp_event_data_sent: a reply within ato
-        if _after(self.snd_nxt, self.snd_max):
-            self.snd_max = self.snd_nxt
-        host.mib["TcpExtTCPOrigDataSent"] += 1
-        if self.misc_kind == T_PROBE0:
-            # the transmit timer now serves the RTO (Linux: one icsk timer for both)
-            self.t_misc = NEVER
-            self.misc_kind = T_NONE
-        # the RTO starts with the first packet in flight, and takes over from a pending probe
-        if not prior_packets or (self.t_rto != NEVER and self.rto_kind == T_LOSS_PROBE):
-            self._rearm_rto()
-
-    def _minshall_check(self) -> bool:
-        """tcp_nagle_check's other half: packets are out and a sub-MSS segment among them is
-        not yet acknowledged (tcp_minshall_check)."""
-        return bool(self.rec.rtx) and _after(self.snd_sml, self.snd_una) and \
-            not _after(self.snd_sml, self.snd_nxt)
-
-    def _pacing_rate(self) -> int:
-        """tcp_update_pacing_rate, bytes per second (used only to size bursts here: without
-        the fq qdisc Linux does not pace reno or cubic)."""
-        srtt_us = max(self.srtt, 1) * 1000
-        ratio = 200 if self.cwnd < self.ssthresh // 2 else 120
-        return self._effective_mss() * max(self.cwnd, self.rec.packets_out) * ratio * 10_000 \
-            // srtt_us
-
-    def _tso_segs(self, mss: int) -> int:
-        """tcp_tso_segs / tcp_tso_autosize: about 1 ms of data at the pacing rate per burst
-        (at least 2 segments), a whole 64 KB burst when the path's RTT is tiny."""
-        if not self.srtt:
-            return GSO_MAX_SIZE // mss
-        nbytes = self._pacing_rate() >> 10
-        min_rtt_us = max(self.rec.min_rtt, 0) * 1000
-        r = min_rtt_us >> 9
-        if r < 32:
-            nbytes += GSO_MAX_SIZE >> r
-        nbytes = min(nbytes, GSO_MAX_SIZE)
-        return max(nbytes // mss, 2)
-
-    def _size_goal(self, mss: int) -> int:
-        """tcp_xmit_size_goal: sendmsg's skb size, a whole number of MSS up to 64 KB, bounded
-        by half the largest window the peer offered (tcp_bound_to_half_wnd)."""
-        goal = GSO_MAX_SIZE
-        cutoff = self.max_window >> 1 if self.max_window > 536 else self.max_window
-        if cutoff and goal > cutoff:
-            goal = max(cutoff, 68 - 20)
-        return max((goal // mss) * mss, mss)
-
-    def _mss_split_point(self, seq: int, skb_len: int, is_tail: bool, mss: int, quota: int,
-                         nonagle: bool, cork: bool = False) -> int:
-        """tcp_mss_split_point: how much of the head skb one burst takes."""
-        window = (self.snd_una + self.snd_wnd - seq) & M32
-        max_len = mss * quota
-        if max_len <= window and not is_tail:
-            return max_len
-        needed = min(skb_len, window)
-        if max_len <= needed:
-            return max_len
-        partial = needed % mss
-        if partial and (cork or (not nonagle and self._minshall_check())):
-            return needed - partial
-        return needed
-
-    def _tso_should_defer(self, seq: int, skb_len: int, is_tail: bool, fin: bool,
-                          max_segs: int, mss: int) -> bool:
-        """tcp_tso_should_defer: hold a multi-MSS head back when only a sliver of it may go
-        now and an ACK that frees more room is about to come."""
-        rec = self.rec
-        now = self.host.now
-        if rec.ca_state >= cong.CA_RECOVERY:
-            return False
-        if now - self.last_snd_data_time > 1:
-            return False        # nothing sent within the last millisecond
-        send_win = (self.snd_una + self.snd_wnd - seq) & M32
-        cong_win = (self.cwnd - rec.in_flight()) * mss
-        limit = min(send_win, cong_win)
-        if limit >= max_segs * mss:
-            return False
-        if not is_tail and limit >= skb_len:
-            return False
-        if limit >= min(self.snd_wnd, self.cwnd * mss) // 3:      # tcp_tso_win_divisor 3
-            return False
-        if not rec.rtx:
-            return False
-        expected_ack = rec.rtx[0].time + self.srtt
-        if expected_ack - now > min(self.srtt >> 1, 1):
-            return False        # the ACK that would make room is not imminent
-        if cong_win < send_win:
-            if cong_win <= skb_len:
-                return True
-        elif send_win <= skb_len:
-            return True
-        return not fin
-
-    def _tx_start(self) -> None:
-        """Linux tcp_event_data_sent with nothing in flight: CA_EVENT_TX_START."""
-        self.ca.cwnd_event(self, cong.CA_EVENT_TX_START)
-
-    def _cwnd_validate(self, is_cwnd_limited: bool) -> None:
-        """tcp_cwnd_validate (RFC 7661): remember whether cwnd was the limit in this window;
-        an application-limited sender's unused cwnd decays (tcp_cwnd_application_limited)."""
-        rec = self.rec
-        if not _before(self.snd_una, self.cwnd_usage_seq) or is_cwnd_limited or \
-                (not self.is_cwnd_limited and rec.packets_out > self.max_packets_out):
-            self.is_cwnd_limited = is_cwnd_limited
-            self.max_packets_out = rec.packets_out
-            self.cwnd_usage_seq = self.snd_nxt
-        now = self.host.now
-        if cong.is_cwnd_limited(self):
-            self.cwnd_used = 0
-            self.cwnd_stamp = now
-        else:
-            if rec.packets_out > self.cwnd_used:
-                self.cwnd_used = rec.packets_out
-            if self.host.sysctl["net.ipv4.tcp_slow_start_after_idle"] and \
-                    now - self.cwnd_stamp >= self.rto:
-                if rec.ca_state == CA_OPEN:
-                    win_used = max(self.cwnd_used, TCP_INIT_CWND)
-                    if win_used < self.cwnd:
-                        self.ssthresh = self.current_ssthresh()
-                        self.cwnd = (self.cwnd + win_used) >> 1
-                    self.cwnd_used = 0
-                self.cwnd_stamp = now
-
-    def _slow_start_after_idle_check(self) -> None:
-        """tcp_slow_start_after_idle_check / tcp_cwnd_restart: after an idle period longer
-        than the RTO, cwnd halves once per RTO idle, down to the initial window."""
-        if not self.host.sysctl["net.ipv4.tcp_slow_start_after_idle"] or self.rec.rtx:
-            return
-        delta = self.host.now - self.last_snd_data_time
-        if delta <= self.rto:
-            return
-        self.ca.cwnd_event(self, cong.CA_EVENT_CWND_RESTART)
-        self.ssthresh = self.current_ssthresh()
-        restart = min(TCP_INIT_CWND, self.cwnd)
-        cwnd = self.cwnd
-        delta -= self.rto
-        while delta > 0 and cwnd > restart:
-            cwnd >>= 1
-            delta -= self.rto
-        self.cwnd = max(cwnd, restart)
-        self.cwnd_stamp = self.host.now
-        self.cwnd_used = 0
-
-    # the clock as the congestion modules read it
-    def now_ms(self) -> int:
-        return self.host.now
-
-    def now_us(self) -> int:
-        return self.host.now * 1000
-
-    @property
-    def lsndtime(self) -> int:
-        return self.last_snd_data_time
-
-    def _write_wakeup(self) -> None:
-        """tcp_write_wakeup with the window open: data held by Nagle or a cork leaves, as much
-        of the send head as one MSS and the window allow, with PSH."""
-        mss = self._effective_mss()
-        seq = self.snd_nxt
-        offset = (seq - self.snd_una) & M32
-        n = min(len(self.sndq) - offset, mss, (self.snd_una + self.snd_wnd - seq) & M32)
-        for e in self.eor_seqs:
-            if _after(e, seq):
-                n = min(n, (e - seq) & M32)
-                break
-        fin = self.fin_queued and ((seq + n) & M32) == self.fin_seq
-        if n <= 0 and not fin:
-            return
-        self.rec.new_burst()
-        self._send_new(seq, max(n, 0), ACK | PSH | (FIN if fin else 0), True)
-        if n < mss:
-            self.snd_sml = self.snd_nxt
-        self.backoff = 0
-        self.probes = 0
-
-    def _arm_persist(self) -> None:
-        if self.misc_kind != T_PROBE0:
-            self.misc_kind = T_PROBE0
-            self.t_misc = self.host.now + min(self.rto << self.backoff, TCP_RTO_MAX)
 
     # ------------------------------------------------------------------ user calls
     def send(self, data: bytes | bytearray | memoryview, limit: bool = False, *,
@@ -2018,25 +1476,6 @@ class Connection:
         if data and self.state not in (S.CLOSED, S.LISTEN, S.SYN_SENT):
             self._cleanup_rbuf(len(data))
         return data
-
-    def _cleanup_rbuf(self, copied: int) -> None:
-        """Linux tcp_cleanup_rbuf: after a read, ACK a pending small push that emptied the
-        buffer, or announce a window that at least doubled."""
-        time_to_ack = False
-        if self.ack_pending:
-            if ((self.rcv_nxt - self.rcv_wup) & M32) > self.rcv_mss or (
-                    (self.ack_pushed == 2 or (self.ack_pushed and not self.pingpong))
-                    and not self.rcv_buf):
-                time_to_ack = True
-        if not time_to_ack and not self.rcv_fin and not self.rcv_shutdown:
-            cur = self._rcv_window_now()
-            if 2 * cur <= self.window_clamp:
-                new = self._select_window()
-                if new and new >= 2 * cur:
-                    time_to_ack = True
-        if time_to_ack:
-            self.send_ack()
-            self._arm()
 
     @property
     def rcv_queued(self) -> int:

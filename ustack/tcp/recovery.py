@@ -24,13 +24,12 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any, Iterable
 
+from ustack.tcp.common import M32, _after, _before
 from ustack.tcp.cong import (CA_CWR, CA_DISORDER, CA_EVENT_COMPLETE_CWR, CA_EVENT_LOSS, CA_LOSS,
                              CA_OPEN, CA_RECOVERY, TCP_INFINITE_SSTHRESH)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ustack.tcp.connection import Connection
-
-M32 = 0xFFFFFFFF
 
 # TCP_SKB_CB(skb)->sacked
 SACKED_ACKED = 0x01
@@ -66,14 +65,6 @@ REXMIT_NEW = 2
 TCP_RACK_RECOVERY_THRESH = 16
 TCP_RACK_NO_DUPTHRESH = 0x4
 TCP_TIMEOUT_MIN = 8          # ms: 2 jiffies at HZ=250 (the RACK reordering timer's slack)
-
-
-def _before(a: int, b: int) -> bool:
-    return ((a - b) & M32) > 0x7FFFFFFF
-
-
-def _after(a: int, b: int) -> bool:
-    return ((b - a) & M32) > 0x7FFFFFFF
 
 
 class Skb:
