@@ -158,3 +158,32 @@ def test_so_linger_close_waits_for_the_fin_ack_or_the_linger_time(run):
             assert states == {"FIN-WAIT-1"}, a.connections()
             assert not a.host.close_waiters
     run(main())
+
+
+def test_socket_options_of_the_data_engine(run):
+    """TCP_CONGESTION, TCP_USER_TIMEOUT through the socket-like object asyncio hands out
+    (get_extra_info("socket")), with the socket module's constants."""
+    import socket
+
+    async def main():
+        a, b, wire = Stack.memory_pair()
+        async with a, b:
+            await b.start_server(echo, port=7)
+            reader, writer = await a.open_connection("198.18.0.2", 7)
+            sock = writer.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16) \
+                .rstrip(b"\0") == b"cubic"
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"reno")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16) \
+                .rstrip(b"\0") == b"reno"
+            with pytest.raises(OSError) as e:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"vegas")
+            assert e.value.errno == 2
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 1500)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 1500
+            assert "reno" in str([c for c in a.connections() if c.state == "ESTAB"][0])
+            writer.write(b"x" * 100)
+            assert await reader.readexactly(100) == b"x" * 100
+            writer.close()
+            await writer.wait_closed()
+    run(main())

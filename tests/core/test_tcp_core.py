@@ -626,3 +626,25 @@ def test_ts_recent_not_taken_from_an_ack_of_unsent_data():
     t.output()
     assert bytes(rec.data) == b"y" * 10 and conn.ts_recent == 102
     assert t.mib["TcpExtPAWSEstab"] == 0
+
+
+def test_cwnd_restarts_after_idle():
+    """tcp_slow_start_after_idle_check / tcp_cwnd_restart: a sender idle for longer than the
+    RTO starts again from at most the initial window, halving once per RTO idle; with
+    net.ipv4.tcp_slow_start_after_idle=0 the window is kept."""
+    for after_idle, expect in ((1, 10), (0, 20)):
+        t = Trace(net__ipv4__tcp_congestion_control="reno",
+                  net__ipv4__tcp_slow_start_after_idle=after_idle)
+        conn, rec, synack = t.passive_open()
+        s = synack.seq + 1
+        conn.nodelay = True
+        conn.send(b"a" * 1448 * 10)
+        assert len(t.output()) == 10
+        t.advance(5)
+        t.inject(ACK, 1001, s + 1448 * 10, 502, ts_val=105)
+        assert conn.cwnd == 20
+        t.advance(10_000)                       # idle for many RTOs
+        t.output()
+        conn.send(b"b" * 1448 * 30)
+        assert conn.cwnd == expect
+        assert len(t.output()) == expect
