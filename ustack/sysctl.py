@@ -71,6 +71,7 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
     "net.ipv4.icmp_echo_ignore_all": (0, int, 0, 1),
     "net.core.somaxconn": (4096, int, 0, _INT_MAX),
     "net.core.rmem_max": (4194304, int, 0, _INT_MAX),
+    "net.core.wmem_max": (4194304, int, 0, _INT_MAX),
     # ustack's own settings: the knobs Linux does not have.
     "ustack.tcp_timewait_len": (60, int, 0, _INT_MAX),  # seconds; Linux: TCP_TIMEWAIT_LEN, fixed
     "ustack.tcp_tw_recycle": (0, int, 0, 1),   # Linux < 4.12's experiment: see RECYCLE_WARNING

@@ -56,9 +56,13 @@ class SocketOptions:
             if conn.binding is not None:
                 conn.binding.reuseaddr = conn.reuseaddr   # sk_reuse, kept by TIME-WAIT too
         elif level == socket.SOL_SOCKET and option == socket.SO_SNDBUF:
-            conn.sndbuf = max(4608, 2 * self._int(value))  # Linux doubles, with a floor
+            v = min(self._int(value) & 0xFFFFFFFF, conn.host.sysctl["net.core.wmem_max"])
+            conn.sndbuf = max(4608, 2 * v)  # Linux doubles, with a floor
+            conn.sndbuf_locked = True
         elif level == socket.SOL_SOCKET and option == socket.SO_RCVBUF:
-            conn.rcvbuf = max(2304, 2 * self._int(value))
+            v = min(self._int(value) & 0xFFFFFFFF, conn.host.sysctl["net.core.rmem_max"])
+            conn.rcvbuf = max(2304, 2 * v)
+            conn.rcvbuf_locked = True
         elif level == socket.IPPROTO_TCP and option == socket.TCP_NODELAY:
             conn.nodelay = bool(self._int(value))
             if conn.nodelay:

@@ -118,8 +118,9 @@ CORE_GAPS: dict[str, str] = {
     "child_reset_before_accept": "a child reset before accept() is removed from the accept "
                                  "queue by the core (Linux keeps it and accept() returns it)",
     "outq_nsd": "SIOCOUTQNSD reads Connection.sndq/snd_nxt/snd_una directly",
-    "buffers": "SO_RCVBUF/SO_SNDBUF set Connection.rcvbuf/sndbuf to the requested byte count "
-               "(the payload space); getsockopt reports Linux's doubled value",
+    "buffers": "SO_SNDBUF sets Connection.sndbuf to the requested byte count (ustack counts "
+               "payload bytes, Linux counts memory: half of the doubled value); getsockopt "
+               "reports Linux's doubled value",
 }
 
 
@@ -617,8 +618,6 @@ class UstackSockets:
 
     SOCK_MIN_RCVBUF = 2304     # Linux: 2048 + sizeof(struct sk_buff) rounded
     SOCK_MIN_SNDBUF = 4608
-    RMEM_MAX = 212992          # net.core.rmem_max/wmem_max defaults
-    WMEM_MAX = 212992
 
     def __init__(self, host: Any, remote: int, now_us: Callable[[], int]) -> None:
         self.host = host
@@ -673,6 +672,12 @@ class UstackSockets:
             out.append(s.conn.binding)
         return [b for b in out if b is not None]
 
+    def _sk_rcvbuf(self, s: _Sock) -> int:
+        """__sock_set_rcvbuf: capped at net.core.rmem_max, doubled (the kernel's bookkeeping
+        overhead), at least SOCK_MIN_RCVBUF."""
+        v = min(s.rcvbuf or 0, self.host.sysctl["net.core.rmem_max"])
+        return max(v * 2, self.SOCK_MIN_RCVBUF)
+
     def _conn_options(self, s: _Sock) -> dict[str, Any]:
         opts: dict[str, Any] = {"nodelay": s.nodelay, "reuseaddr": s.reuseaddr,
                                 "user_timeout": s.user_timeout, "user_mss": s.user_mss,
@@ -680,7 +685,8 @@ class UstackSockets:
         if s.linger2 is not None:
             opts["linger2"] = s.linger2
         if s.rcvbuf is not None:
-            opts["rcvbuf"] = s.rcvbuf
+            opts["rcvbuf"] = self._sk_rcvbuf(s)
+            opts["rcvbuf_locked"] = True
         if s.sndbuf is not None:
             opts["sndbuf"] = s.sndbuf
             opts["sndbuf_locked"] = True
@@ -1006,15 +1012,16 @@ class UstackSockets:
             onoff, secs = value
             s.linger = (1 if onoff else 0, max(0, secs))
         elif key in ((sol, SYMBOLS["SO_RCVBUF"]), (sol, SYMBOLS["SO_RCVBUFFORCE"])):
-            s.rcvbuf = max(0, value)
-            self.notes.add("buffers")
+            s.rcvbuf = value & 0xFFFFFFFF      # __sock_set_rcvbuf takes it unsigned
             if conn is not None:
-                conn.rcvbuf = max(s.rcvbuf, self.SOCK_MIN_RCVBUF // 2)
+                conn.rcvbuf = self._sk_rcvbuf(s)
+                conn.rcvbuf_locked = True
         elif key in ((sol, SYMBOLS["SO_SNDBUF"]), (sol, SYMBOLS["SO_SNDBUFFORCE"])):
-            s.sndbuf = max(0, value)
+            s.sndbuf = value & 0xFFFFFFFF      # __sock_set_sndbuf takes it unsigned
             self.notes.add("buffers")
             if conn is not None:
-                conn.sndbuf = max(s.sndbuf, self.SOCK_MIN_SNDBUF // 2)
+                conn.sndbuf = max(min(s.sndbuf, self.host.sysctl["net.core.wmem_max"]),
+                                  self.SOCK_MIN_SNDBUF // 2)
                 conn.sndbuf_locked = True
         elif key == (sol, SYMBOLS["SO_KEEPALIVE"]):
             s.keepalive = bool(value)
@@ -1098,11 +1105,13 @@ class UstackSockets:
         if key == (sol, SYMBOLS["SO_RCVBUF"]):
             if s.rcvbuf is None:
                 return sysctl["net.ipv4.tcp_rmem"][1]
-            return max(min(s.rcvbuf, self.RMEM_MAX) * 2, self.SOCK_MIN_RCVBUF)
+            return self._sk_rcvbuf(s)
         if key == (sol, SYMBOLS["SO_SNDBUF"]):
             if s.sndbuf is None:
                 return sysctl["net.ipv4.tcp_wmem"][1]
-            return max(min(s.sndbuf, self.WMEM_MAX) * 2, self.SOCK_MIN_SNDBUF)
+            # __sock_set_sndbuf: unsigned, capped at wmem_max, doubled, at least the minimum
+            v = min(s.sndbuf & 0xFFFFFFFF, sysctl["net.core.wmem_max"])
+            return max(v * 2, self.SOCK_MIN_SNDBUF)
         if key == (tcp, SYMBOLS["TCP_NODELAY"]):
             return int(s.nodelay)
         if key == (tcp, SYMBOLS["TCP_LINGER2"]):

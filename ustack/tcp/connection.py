@@ -105,7 +105,7 @@ class Connection(ReceiveSide, SendSide):
         "t_rto", "t_delack", "t_misc", "misc_kind", "timer",
         # socket options and lifecycle
         "nodelay", "cork", "tail_push", "eor_seqs", "linger", "linger2", "user_timeout",
-        "user_mss", "notsent_lowat", "sndbuf_locked", "reuseaddr", "binding", "orphan", "error", "probes",
+        "user_mss", "notsent_lowat", "sndbuf_locked", "rcvbuf_locked", "reuseaddr", "binding", "orphan", "error", "probes",
         "closed_notified", "created", "_notify",
     )
 
@@ -209,6 +209,7 @@ class Connection(ReceiveSide, SendSide):
         self.user_mss = 0              # TCP_MAXSEG (rx_opt.user_mss; 0: none)
         self.notsent_lowat = 0         # TCP_NOTSENT_LOWAT (0: net.ipv4.tcp_notsent_lowat)
         self.sndbuf_locked = False     # SO_SNDBUF was set (SOCK_SNDBUF_LOCK): no auto-growth
+        self.rcvbuf_locked = False     # SO_RCVBUF was set (SOCK_RCVBUF_LOCK)
         self.reuseaddr = False
         self.binding = None            # the local port's PortBinding (ustack.tcp.ports)
         self.orphan = False
@@ -603,10 +604,15 @@ class Connection(ReceiveSide, SendSide):
         host = self.host
         sysctl = host.sysctl
         self.rcv_wscale = 0
+        full_space = self._win_from_space(self.rcvbuf)
+        if self.rcvbuf_locked and self.window_clamp > full_space:
+            # tcp_connect_init / tcp_openreq_init_rwin: a buffer the user set limits the window
+            self.window_clamp = full_space
         if sysctl["net.ipv4.tcp_window_scaling"]:
             # Linux tcp_select_initial_window: scale for the largest window this socket could
-            # ever offer (tcp_rmem[2] or rmem_max), as ilog2(space) - 15
-            space = max(65536, sysctl["net.ipv4.tcp_rmem"][2], sysctl["net.core.rmem_max"])
+            # ever offer (tcp_rmem[2] or rmem_max, within window_clamp), as ilog2(space) - 15
+            space = max(full_space, sysctl["net.ipv4.tcp_rmem"][2], sysctl["net.core.rmem_max"])
+            space = min(space, self.window_clamp)
             self.rcv_wscale = max(0, min(space.bit_length() - 1 - 15, MAX_WSCALE))
 
     def _initial_window(self, mss: int) -> int:
