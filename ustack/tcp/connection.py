@@ -1015,6 +1015,8 @@ class Connection(ReceiveSide, SendSide):
         could not be undone), the send buffer sized for it, then the congestion module."""
         self.cwnd = TCP_INIT_CWND if self.total_retrans <= 1 else 1
         self.cwnd_stamp = self.host.now
+        # tcp_initialize_rcv_mss, now that rcv_wnd is known: a guess of at most 536
+        self.rcv_mss = max(min(self.advmss, self.mss, self.rcv_wnd // 2, 536), 88)
         self._sndbuf_expand()
         self.ca.init(self)
 
