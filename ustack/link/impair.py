@@ -23,11 +23,15 @@ And two set-ups built from them:
 
 Example (ustack on a lossy link, in a private namespace)::
 
-    with Netns():
+    async def main():
         stack = impaired_tun_stack(to_kernel=Impairment(loss=0.01, seed=1),
                                    from_kernel=Impairment(loss=0.01, seed=2))
-        async with stack: ...
-        stack.link.impair_stats   # {"out": {...}, "in": {...}}: what was dropped, corrupted...
+        async with stack:
+            ...                       # stack.open_connection("198.18.0.1", port), ...
+            print(stack.link.impair_stats)  # {"out": {...}, "in": {...}}: dropped, corrupted...
+
+    with Netns():
+        asyncio.run(main())
 
 Corruption flips one byte of the TCP segment (of the fixed header but its data-offset byte, or
 of the payload; see :func:`corrupt_tcp`) of an unfragmented IPv4/TCP packet, so the TCP
