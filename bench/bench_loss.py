@@ -42,6 +42,7 @@ from ustack.netns import Netns  # noqa: E402
 KERNEL, USTACK = "198.18.0.1", "198.18.0.2"
 PORT = 5001
 SEED = 1000
+CC = "cubic"      # the congestion control of every sender (--cc): the kernel's by TCP_CONGESTION
 
 CASES: dict[str, dict[str, Any]] = {
     "clean": {},
@@ -127,6 +128,7 @@ async def kernel_to_kernel(params: dict[str, Any], data: bytes, limit: float) ->
         ls.bind((pair.b_address, PORT))
         ls.listen()
         c = pair.socket("a")
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, CC.encode())
         rx = Receiver(len(data))
         t0 = [0.0]
         socks = [ls, c]
@@ -160,7 +162,8 @@ async def ustack_to_kernel(params: dict[str, Any], data: bytes, limit: float) ->
     loop = asyncio.get_running_loop()
     to_kernel, from_kernel = symmetric(SEED, **params)
     stack = impaired_tun_stack("ust0", USTACK, f"{KERNEL}/24", to_kernel=to_kernel,
-                               from_kernel=from_kernel)
+                               from_kernel=from_kernel,
+                               sysctl={"net.ipv4.tcp_congestion_control": CC})
     async with stack:
         ls = socket.socket()
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -212,6 +215,7 @@ async def kernel_to_ustack(params: dict[str, Any], data: bytes, limit: float) ->
         await stack.start_server(sink, port=PORT)
         mib0 = kernel_mib()
         c = socket.socket()
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, CC.encode())
         c.setblocking(False)
         t0 = [0.0]
 
@@ -267,7 +271,12 @@ def main() -> None:
     p.add_argument("--cases", default=",".join(CASES), help=f"from {','.join(CASES)}")
     p.add_argument("--json", default="bench_loss.json", help="where to write the results")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument("--cc", choices=("cubic", "reno"), default="cubic",
+                   help="congestion control of both senders (default cubic, Linux's default; "
+                        "a namespace inherits the host's, which may be bbr)")
     args = p.parse_args()
+    global CC
+    CC = args.cc
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
@@ -276,12 +285,13 @@ def main() -> None:
 
     results: dict[str, Any] = {
         "megabytes": args.megabytes, "timeout_s": args.timeout, "loop": args.loop,
+        "congestion_control": args.cc,
         "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
                     "python": platform.python_version()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cases": {},
     }
-    print(f"{args.megabytes:g} MB per transfer, limit {args.timeout:g} s, {args.loop}; "
-          "each direction of the link:")
+    print(f"{args.megabytes:g} MB per transfer, limit {args.timeout:g} s, {args.loop}, "
+          f"{args.cc} on both senders; each direction of the link:")
     for name in cases:
         print(f"  {name:<10} {Impairment(**CASES[name]).describe()}")
     header = (f"{'case':<10} {'kernel->kernel':>15} {'ustack->kernel':>24} "

@@ -354,6 +354,8 @@ class SendSide:
         host.mib["TcpRetransSegs"] += 1
         self.total_retrans += 1
         skb.time = host.now
+        self.rec.tx_count += 1
+        skb.order = self.rec.tx_count
         skb.sacked |= 0x80      # EVER_RETRANS
 
     def _retransmit_skb(self, skb: Skb) -> None:

@@ -70,7 +70,8 @@ TCP_TIMEOUT_MIN = 8          # ms: 2 jiffies at HZ=250 (the RACK reordering time
 class Skb:
     """One sent segment (Linux: an skb in the retransmission queue, one MSS here)."""
 
-    __slots__ = ("seq", "end_seq", "fin", "sacked", "time", "delivered", "burst", "psh")
+    __slots__ = ("seq", "end_seq", "fin", "sacked", "time", "order", "delivered", "burst",
+                 "psh")
 
     def __init__(self, seq: int, end_seq: int, fin: bool, time: int, delivered: int,
                  burst: int = 0) -> None:
@@ -80,7 +81,9 @@ class Skb:
         self.end_seq = end_seq
         self.fin = fin
         self.sacked = 0
-        self.time = time              # when it was last (re)transmitted
+        self.time = time              # when it was last (re)transmitted (ms)
+        self.order = 0                # and in which place among all transmissions: Linux
+        #                               orders them by microsecond stamps, ustack counts
         self.delivered = delivered    # packets delivered when it was sent (rate sample)
 
     @property
@@ -102,9 +105,9 @@ class Recovery:
         "c", "rtx", "sacked_out", "lost_out", "retrans_out", "ca_state", "high_seq",
         "undo_marker", "undo_retrans", "prior_ssthresh", "prr_delivered", "prr_out",
         "reordering", "reord_seen", "highest_sack", "delivered", "dsack_dups", "frto",
-        "rack_mstamp", "rack_end_seq", "rack_rtt", "rack_advanced", "rack_reo_wnd_steps",
+        "rack_mstamp", "rack_order", "rack_end_seq", "rack_rtt", "rack_advanced", "rack_reo_wnd_steps",
         "rack_reo_wnd_persist", "rack_dsack_seen", "rack_last_delivered", "min_rtt",
-        "min_rtt_stamp", "is_sack_reneg", "retrans_hint", "bursts", "lost",
+        "min_rtt_stamp", "is_sack_reneg", "retrans_hint", "bursts", "lost", "tx_count",
     )
 
     def __init__(self, conn: "Connection") -> None:
@@ -127,6 +130,7 @@ class Recovery:
         self.dsack_dups = 0
         self.frto = False
         self.rack_mstamp = 0
+        self.rack_order = 0
         self.rack_end_seq = 0
         self.rack_rtt = 0
         self.rack_advanced = False
@@ -140,6 +144,7 @@ class Recovery:
         self.retrans_hint = False
         self.bursts = 0
         self.lost = 0               # segments ever marked lost (tp->lost)
+        self.tx_count = 0           # transmissions so far: their order (Skb.order)
 
     # ------------------------------------------------------------------ counts
     @property
@@ -184,6 +189,8 @@ class Recovery:
 
     def on_sent(self, seq: int, end_seq: int, fin: bool, now: int) -> Skb:
         skb = Skb(seq, end_seq, fin, now, self.delivered, self.bursts)
+        self.tx_count += 1
+        skb.order = self.tx_count
         self.rtx.append(skb)
         return skb
 
@@ -326,7 +333,7 @@ class Recovery:
         if not _after(skb.end_seq, self.c.snd_una):
             return 0
         if not sacked & SACKED_ACKED:
-            self.rack_advance(sacked, skb.end_seq, skb.time)
+            self.rack_advance(sacked, skb)
             if sacked & SACKED_RETRANS:
                 # the retransmission was SACKed
                 sacked &= ~SACKED_RETRANS
@@ -415,7 +422,7 @@ class Recovery:
             elif not self.is_reno():
                 delivered += 1
                 if not self._spurious_retrans(skb):
-                    self.rack_advance(sacked, skb.end_seq, skb.time)
+                    self.rack_advance(sacked, skb)
             if sacked & LOST:
                 self.lost_out -= 1
             flag |= FLAG_DATA_ACKED
@@ -482,22 +489,18 @@ class Recovery:
         self._check_reno_reordering(acked)
 
     # ------------------------------------------------------------------ RACK
-    def rack_advance(self, sacked: int, end_seq: int, xmit_time: int) -> None:
+    def rack_advance(self, sacked: int, skb: Skb) -> None:
         """tcp_rack_advance: the most recently sent segment known delivered."""
         now = self.c.host.now
-        rtt = now - xmit_time
+        rtt = now - skb.time
         if sacked & RETRANS and self.min_rtt >= 0 and rtt < self.min_rtt:
             return      # ambiguous: the original or the retransmission?
         self.rack_advanced = True
         self.rack_rtt = rtt
-        if self._sent_after(xmit_time, self.rack_mstamp, end_seq, self.rack_end_seq):
-            self.rack_mstamp = xmit_time
-            self.rack_end_seq = end_seq
-
-    @staticmethod
-    def _sent_after(t1: int, t2: int, seq1: int, seq2: int) -> bool:
-        """tcp_skb_sent_after."""
-        return t1 > t2 or (t1 == t2 and _after(seq1, seq2))
+        if skb.order > self.rack_order:              # tcp_skb_sent_after
+            self.rack_order = skb.order
+            self.rack_mstamp = skb.time
+            self.rack_end_seq = skb.end_seq
 
     def rack_reo_wnd(self) -> int:
         """tcp_rack_reo_wnd: no settling time before reordering has been seen (in recovery,
@@ -519,15 +522,14 @@ class Recovery:
         reo_wnd = self.rack_reo_wnd()
         now = self.c.host.now
         timeout = 0
-        for skb in sorted(self.rtx, key=lambda s: s.time):
+        for skb in sorted(self.rtx, key=lambda s: s.order):
             sacked = skb.sacked
             if sacked & SACKED_ACKED:
                 continue
             if sacked & LOST and not sacked & SACKED_RETRANS:
                 continue        # marked lost, not yet retransmitted
-            if not self._sent_after(self.rack_mstamp, skb.time, self.rack_end_seq,
-                                    skb.end_seq):
-                break
+            if skb.order >= self.rack_order:
+                break           # not sent before the most recently delivered segment
             remaining = self.rack_rtt + reo_wnd - (now - skb.time)
             if remaining <= 0:
                 self.mark_lost(skb)
