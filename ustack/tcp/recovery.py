@@ -105,9 +105,9 @@ class Recovery:
         "c", "rtx", "sacked_out", "lost_out", "retrans_out", "ca_state", "high_seq",
         "undo_marker", "undo_retrans", "prior_ssthresh", "prr_delivered", "prr_out",
         "reordering", "reord_seen", "highest_sack", "delivered", "dsack_dups", "frto",
-        "rack_mstamp", "rack_order", "rack_end_seq", "rack_rtt", "rack_advanced", "rack_reo_wnd_steps",
+        "rack_mstamp", "rack_order", "rack_rtt", "rack_advanced", "rack_reo_wnd_steps",
         "rack_reo_wnd_persist", "rack_dsack_seen", "rack_last_delivered", "min_rtt",
-        "min_rtt_stamp", "is_sack_reneg", "retrans_hint", "bursts", "lost", "tx_count",
+        "min_rtt_stamp", "is_sack_reneg", "bursts", "lost", "tx_count",
     )
 
     def __init__(self, conn: "Connection") -> None:
@@ -131,7 +131,6 @@ class Recovery:
         self.frto = False
         self.rack_mstamp = 0
         self.rack_order = 0
-        self.rack_end_seq = 0
         self.rack_rtt = 0
         self.rack_advanced = False
         self.rack_reo_wnd_steps = 1
@@ -141,7 +140,6 @@ class Recovery:
         self.min_rtt = -1
         self.min_rtt_stamp = 0
         self.is_sack_reneg = False
-        self.retrans_hint = False
         self.bursts = 0
         self.lost = 0               # segments ever marked lost (tp->lost)
         self.tx_count = 0           # transmissions so far: their order (Skb.order)
@@ -500,7 +498,6 @@ class Recovery:
         if skb.order > self.rack_order:              # tcp_skb_sent_after
             self.rack_order = skb.order
             self.rack_mstamp = skb.time
-            self.rack_end_seq = skb.end_seq
 
     def rack_reo_wnd(self) -> int:
         """tcp_rack_reo_wnd: no settling time before reordering has been seen (in recovery,
@@ -584,7 +581,6 @@ class Recovery:
         sacked = skb.sacked
         if sacked & SACKED_ACKED:
             return
-        self.retrans_hint = True
         if sacked & LOST:
             if sacked & SACKED_RETRANS:
                 # the retransmission is lost too
