@@ -248,6 +248,12 @@ class Stack:
         self._timer = None
         if not self._running:
             return
+        # Packets that arrived while the loop was busy come first: in the kernel an ACK is
+        # processed when it arrives, so it can stop a retransmission or loss probe timer that
+        # would otherwise fire in the same loop iteration.
+        poll = getattr(self._link, "poll", None)
+        if poll is not None:
+            poll()
         self.host.advance(max(self._now(), self._timer_at))
         self._flush()
 
