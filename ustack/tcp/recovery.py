@@ -333,9 +333,12 @@ class Recovery:
         if not sacked & SACKED_ACKED:
             self.rack_advance(sacked, skb)
             if sacked & SACKED_RETRANS:
-                # the retransmission was SACKed
-                sacked &= ~SACKED_RETRANS
-                self.retrans_out -= 1
+                # a lost segment's retransmission was SACKed (one not marked lost keeps its
+                # mark: that retransmission is believed still in flight)
+                if sacked & LOST:
+                    sacked &= ~(LOST | SACKED_RETRANS)
+                    self.lost_out -= 1
+                    self.retrans_out -= 1
             else:
                 if not sacked & RETRANS:
                     # a never-retransmitted segment SACKed below the highest SACK: reordering
