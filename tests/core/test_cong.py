@@ -109,3 +109,35 @@ def test_module_chosen_by_sysctl_and_switched_per_socket(name):
         conn.congestion_control = "vegas"
     with pytest.raises(ValueError):
         t.host.sysctl["net.ipv4.tcp_congestion_control"] = "vegas"
+
+
+def test_hystart_delay_ends_slow_start_when_the_rtt_grows():
+    """HyStart's delay detector (tcp_cubic.c hystart_update): once cwnd >= 16, a round whose
+    smallest of 8 RTT samples exceeds delay_min + clamp(delay_min/8, 4 ms, 16 ms) sets
+    ssthresh = cwnd (TCPHystartDelayDetect)."""
+    tp = Tp(cwnd=20)
+    c = Cubic()
+    c.init(tp)
+    tp.now += 2000                           # well after any epoch
+    for _ in range(10):
+        c.pkts_acked(tp, 1, 20)              # delay_min 20 ms
+    assert not c.found and tp.ssthresh == cong.TCP_INFINITE_SSTHRESH
+    tp.snd_una = tp.snd_nxt = 5000           # a new round
+    c._hystart_reset(tp)
+    for _ in range(9):
+        tp.now += 3                          # ACKs more than 2 ms apart: no ACK train
+        c.pkts_acked(tp, 1, 26)              # 26 > 20 + max(20/8, 4)
+    assert c.found and tp.ssthresh == 20
+    assert tp.host.mib["TcpExtTCPHystartDelayDetect"] == 1
+
+
+def test_hystart_waits_for_cwnd_16():
+    tp = Tp(cwnd=8)
+    c = Cubic()
+    c.init(tp)
+    tp.now += 2000
+    c.pkts_acked(tp, 1, 10)
+    for _ in range(20):
+        tp.now += 3
+        c.pkts_acked(tp, 1, 100)
+    assert not c.found and tp.ssthresh == cong.TCP_INFINITE_SSTHRESH

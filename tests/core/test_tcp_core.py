@@ -648,3 +648,21 @@ def test_cwnd_restarts_after_idle():
         conn.send(b"b" * 1448 * 30)
         assert conn.cwnd == expect
         assert len(t.output()) == expect
+
+
+def test_connections_show_the_sender_state_like_ss_i():
+    """stack.connections() / ustack ss: the congestion module, rto, rtt/rttvar, mss, cwnd,
+    ssthresh once set, retransmissions, lost and SACKed segments and the recovery state."""
+    t = Trace(net__ipv4__tcp_congestion_control="reno")
+    conn, rec, synack = t.passive_open()
+    s = synack.seq + 1
+    conn.nodelay = True
+    conn.send(b"d" * (1448 * 10))
+    t.output()
+    t.advance(1)
+    t.inject(ACK, 1001, s, 502, ts_val=112, sack_blocks=((s + 1448, s + 4 * 1448),))
+    t.output()
+    line = [str(c) for c in t.host.connections() if c.state == "ESTAB"][0]
+    for part in ("reno", "rto:", "rtt:", "mss:1448", "cwnd:", "ssthresh:5", "retrans:1/1",
+                 "lost:1", "sacked:3", "ca_state:recovery"):
+        assert part in line, (part, line)
