@@ -24,7 +24,7 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
     "net.ipv4.tcp_timestamps": (1, int, 0, 2),
     "net.ipv4.tcp_window_scaling": (1, int, 0, 1),
     "net.ipv4.tcp_sack": (1, int, 0, 1),
-    "net.ipv4.tcp_ecn": (2, int, 0, 2),
+    "net.ipv4.tcp_ecn": (0, int, 0, 2),
     "net.ipv4.tcp_syn_retries": (6, int, 1, 127),
     "net.ipv4.tcp_syn_linear_timeouts": (4, int, 0, 255),
     "net.ipv4.tcp_synack_retries": (5, int, 0, 255),
@@ -41,14 +41,14 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
     "net.ipv4.tcp_keepalive_intvl": (75, int, 1, _INT_MAX),
     "net.ipv4.tcp_keepalive_probes": (9, int, 1, 127),
     "net.ipv4.tcp_max_syn_backlog": (2048, int, 0, _INT_MAX),
-    "net.ipv4.tcp_syncookies": (1, int, 0, 2),
+    "net.ipv4.tcp_syncookies": (0, int, 0, 2),
     "net.ipv4.tcp_abort_on_overflow": (0, int, 0, 1),
     "net.ipv4.tcp_invalid_ratelimit": (500, int, 0, _INT_MAX),
     "net.ipv4.tcp_challenge_ack_limit": (2147483647, int, 0, _INT_MAX),
     "net.ipv4.tcp_min_rtt_wlen": (300, int, 0, 86400),
     "net.ipv4.tcp_base_mss": (1024, int, 1, 65535),
     "net.ipv4.tcp_mtu_probing": (0, int, 0, 2),
-    "net.ipv4.tcp_no_metrics_save": (0, int, 0, 1),
+    "net.ipv4.tcp_no_metrics_save": (1, int, 0, 1),
     "net.ipv4.tcp_slow_start_after_idle": (1, int, 0, 1),
     "net.ipv4.tcp_early_retrans": (3, int, 0, 4),
     "net.ipv4.tcp_recovery": (1, int, 0, 7),
@@ -60,10 +60,10 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
     "net.ipv4.tcp_retrans_collapse": (1, int, 0, 1),
     "net.ipv4.tcp_notsent_lowat": (4294967295, int, 1, 4294967295),
     "net.ipv4.tcp_congestion_control": ("cubic", "congestion", 0, 0),
-    "net.ipv4.tcp_moderate_rcvbuf": (1, int, 0, 1),
-    "net.ipv4.tcp_autocorking": (1, int, 0, 1),
+    "net.ipv4.tcp_moderate_rcvbuf": (0, int, 0, 1),
+    "net.ipv4.tcp_autocorking": (0, int, 0, 1),
     "net.ipv4.tcp_tso_win_divisor": (3, int, 1, 255),
-    "net.ipv4.tcp_fastopen": (1, int, 0, 0x7FF),
+    "net.ipv4.tcp_fastopen": (0, int, 0, 0x7FF),
     "net.ipv4.tcp_rmem": ((4096, 131072, 33554432), "triple", 1, _INT_MAX),
     "net.ipv4.tcp_wmem": ((4096, 16384, 4194304), "triple", 1, _INT_MAX),
     "net.ipv4.ip_local_port_range": ((32768, 60999), "range", 1, 65535),
@@ -76,7 +76,32 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
     "ustack.tcp_timewait_len": (60, int, 0, _INT_MAX),  # seconds; Linux: TCP_TIMEWAIT_LEN, fixed
     "ustack.tcp_tw_recycle": (0, int, 0, 1),   # Linux < 4.12's experiment: see RECYCLE_WARNING
     "ustack.tcp_tw_silent_syn": (0, int, 0, 1),
-    "ustack.mtu": (1500, int, 68, 65535),
+}
+
+
+# Linux settings ustack knows but does not implement yet.  Each reads as the value that says
+# what ustack does (where that differs from Linux's default: tcp_ecn, tcp_syncookies,
+# tcp_fastopen, tcp_autocorking and tcp_moderate_rcvbuf read 0, tcp_no_metrics_save 1);
+# writing another value is refused with a message, so that a test or a configuration never
+# believes in a behaviour ustack does not have.
+UNIMPLEMENTED: dict[str, str] = {
+    "net.ipv4.tcp_abort_on_overflow": "the accept queue's limit is not modelled yet",
+    "net.ipv4.tcp_autocorking": "ustack does not autocork: small writes leave as Nagle and "
+                                "TCP_CORK/MSG_MORE allow",
+    "net.ipv4.tcp_base_mss": "path MTU probing is not implemented",
+    "net.ipv4.tcp_ecn": "ECN is not negotiated: ustack answers as with tcp_ecn=0",
+    "net.ipv4.tcp_fack": "Linux 6.18 ignores it too (RACK replaced FACK)",
+    "net.ipv4.tcp_fastopen": "TCP Fast Open is not implemented",
+    "net.ipv4.tcp_max_syn_backlog": "request sockets and their queue limit are not modelled "
+                                    "yet",
+    "net.ipv4.tcp_moderate_rcvbuf": "receive buffer auto-tuning is not implemented: the "
+                                    "buffer stays at tcp_rmem[1] or SO_RCVBUF",
+    "net.ipv4.tcp_mtu_probing": "path MTU probing is not implemented",
+    "net.ipv4.tcp_no_metrics_save": "ustack keeps no per-destination metrics",
+    "net.ipv4.tcp_retries1": "ustack has no route to renegotiate after tcp_retries1 "
+                             "retransmissions; tcp_retries2 is what ends a connection",
+    "net.ipv4.tcp_syncookies": "SYN cookies are not implemented yet",
+    "net.ipv4.tcp_tso_win_divisor": "TSO deferral uses Linux's default divisor, 3",
 }
 
 
@@ -108,8 +133,12 @@ class Sysctl(MutableMapping[str, Any]):
         key = normalize(name)
         if key not in DEFAULTS:
             raise KeyError(f"unknown setting {name!r}: ustack has no such sysctl")
-        _default, kind, lo, hi = DEFAULTS[key]
-        self._values[key] = v = self._check(key, value, kind, lo, hi)
+        default, kind, lo, hi = DEFAULTS[key]
+        v = self._check(key, value, kind, lo, hi)
+        if key in UNIMPLEMENTED and v != default:
+            raise ValueError(f"{key}={v} is refused: {UNIMPLEMENTED[key]} (ustack keeps "
+                             f"{default} rather than ignore the setting)")
+        self._values[key] = v
         if key == "ustack.tcp_tw_recycle" and v:
             warnings.warn(RECYCLE_WARNING, RuntimeWarning, stacklevel=2)
 
