@@ -187,3 +187,48 @@ def test_socket_options_of_the_data_engine(run):
             writer.close()
             await writer.wait_closed()
     run(main())
+
+
+def test_a_protocol_that_raises_resets_only_its_own_connection(run):
+    """A bug in a user's protocol (connection_made, data_received, connection_lost raising)
+    is reported to the loop's exception handler and resets that connection; the link and
+    every other connection go on."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        reported: list[str] = []
+        loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx["message"]))
+        a, b, wire = Stack.memory_pair()
+
+        class Broken(asyncio.Protocol):
+            def __init__(self, where: str) -> None:
+                self.where = where
+
+            def connection_made(self, transport):
+                if self.where == "connection_made":
+                    raise RuntimeError("boom")
+
+            def data_received(self, data):
+                raise RuntimeError("boom")
+
+            def connection_lost(self, exc):
+                raise RuntimeError("boom again")
+
+        async with a, b:
+            await b.start_server(echo, port=7)
+            await b.create_server(lambda: Broken("data_received"), port=8)
+            await b.create_server(lambda: Broken("connection_made"), port=9)
+            for port in (8, 9):
+                reader, writer = await a.open_connection("198.18.0.2", port)
+                writer.write(b"x")
+                with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+                    await asyncio.wait_for(reader.readexactly(1), 5)
+                writer.close()
+            # the stack still serves everyone else
+            reader, writer = await a.open_connection("198.18.0.2", 7)
+            writer.write(b"still here")
+            assert await asyncio.wait_for(reader.readexactly(10), 5) == b"still here"
+            writer.close()
+        assert any("data_received" in m for m in reported), reported
+        assert any("connection_made" in m for m in reported), reported
+        assert any("connection_lost" in m for m in reported), reported
+    run(main())

@@ -65,7 +65,11 @@ class Server(ListenerUser):
                 continue
             transport = TcpTransport(self._stack, conn, protocol)
             self._stack._transports.add(transport)
-            protocol.connection_made(transport)
+            try:
+                protocol.connection_made(transport)
+            except BaseException as exc:   # a protocol's bug resets its connection only
+                transport._fatal(exc, "connection_made")
+                continue
             if conn.rcv_queued or conn.rcv_fin:
                 transport.tcp_data(conn)
 
@@ -320,7 +324,11 @@ class Stack:
                 self._kick()
             raise
         self._transports.add(transport)
-        protocol.connection_made(transport)
+        try:
+            protocol.connection_made(transport)
+        except BaseException:
+            transport.abort()        # the caller gets the error; the connection is reset
+            raise
         if conn.rcv_queued or conn.rcv_fin:
             transport.tcp_data(conn)
         return transport, protocol

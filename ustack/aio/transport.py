@@ -345,6 +345,10 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
         self._closing = True
         try:
             self._protocol.connection_lost(exc)
+        except BaseException as err:   # reported, never raised into the stack's input path
+            self._stack._loop.call_exception_handler({
+                "message": "ustack: protocol connection_lost() raised", "exception": err,
+                "transport": self, "protocol": self._protocol})
         finally:
             self._stack._transports.discard(self)
 
