@@ -232,3 +232,32 @@ def test_a_protocol_that_raises_resets_only_its_own_connection(run):
         assert any("connection_made" in m for m in reported), reported
         assert any("connection_lost" in m for m in reported), reported
     run(main())
+
+
+@pytest.mark.parametrize("address, kernel_address, message", [
+    ("198.18.0.2", "198.18.0.1", "prefix length"),
+    ("198.18.0.2", "not-an-address/24", "prefix length"),
+    ("198.18.1.2", "198.18.0.1/24", "outside the kernel's network"),
+    ("198.18.0.1", "198.18.0.1/24", "both 198.18.0.1"),
+    ("198.18.0.255", "198.18.0.1/24", "broadcast"),
+    ("::1", "198.18.0.1/24", "IPv4"),
+    ("localhost", "198.18.0.1/24", "IPv4"),
+])
+def test_tun_addresses_are_checked_before_anything_is_created(address, kernel_address, message):
+    with pytest.raises(ValueError, match=message):
+        Stack.tun(address=address, kernel_address=kernel_address)
+
+
+def test_ports_must_be_ints(run):
+    async def main():
+        a, b, wire = Stack.memory_pair()
+        async with a, b:
+            with pytest.raises(TypeError, match="port must be an int"):
+                await b.create_server(asyncio.Protocol, port="80")
+            with pytest.raises(ValueError, match="0..65535"):
+                await b.create_server(asyncio.Protocol, port=70000)
+            with pytest.raises(TypeError, match="port must be an int"):
+                await a.open_connection("198.18.0.2", 7.0)
+            with pytest.raises(ValueError, match="1..65535"):
+                await a.open_connection("198.18.0.2", 0)
+    run(main())

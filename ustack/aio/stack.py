@@ -29,6 +29,38 @@ def _check_ipv4(host: str, what: str) -> int:
                          f"(ustack does no name resolution), not {host!r}") from None
 
 
+def _check_port(port: Any, what: str = "port", *, zero_ok: bool = True) -> int:
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"{what} must be an int, not {type(port).__name__} {port!r}")
+    if not (0 if zero_ok else 1) <= port <= 65535:
+        raise ValueError(f"{what} must be {'0' if zero_ok else '1'}..65535, not {port}")
+    return port
+
+
+def _check_tun_addresses(address: str, kernel_address: str) -> None:
+    """The kernel's side of the device takes `kernel_address` (with its prefix, as `ip addr`
+    takes it); ustack answers for `address`, which must be another host of that network."""
+    if not isinstance(kernel_address, str) or "/" not in kernel_address:
+        raise ValueError(f"kernel_address must be an IPv4 address with its prefix length, such "
+                         f"as '198.18.0.1/24', not {kernel_address!r}")
+    try:
+        iface = ipaddress.IPv4Interface(kernel_address)
+    except ValueError:
+        raise ValueError(f"kernel_address must be an IPv4 address with its prefix length, such "
+                         f"as '198.18.0.1/24', not {kernel_address!r}") from None
+    mine = ipaddress.IPv4Address(int_to_ip(_check_ipv4(address, "address")))
+    net = iface.network
+    if mine == iface.ip:
+        raise ValueError(f"address and kernel_address are both {mine}: ustack needs an address "
+                         f"of its own on the kernel's network {net}")
+    if mine not in net:
+        raise ValueError(f"address {mine} is outside the kernel's network {net}: the kernel "
+                         f"would not route to it through the device")
+    if net.prefixlen < 31 and mine in (net.network_address, net.broadcast_address):
+        raise ValueError(f"address {mine} is the {'network' if mine == net.network_address else 'broadcast'} "
+                         f"address of {net}")
+
+
 class _ServerSocket:
     """Stands in for `server.sockets[i]`: getsockname() like a listening socket's."""
 
@@ -148,6 +180,7 @@ class Stack:
         """A stack on a new TUN device in the current network namespace.  The kernel's side of
         the device gets `kernel_address`; ustack answers for `address`."""
         from ustack.link.tun import TunLink
+        _check_tun_addresses(address, kernel_address)
 
         def factory() -> Any:
             return TunLink.open(ifname, kernel_address=kernel_address, mtu=mtu,
@@ -271,6 +304,7 @@ class Stack:
             if _check_ipv4(host, "host") != self.host.address:
                 raise OSError(99, f"Cannot assign requested address: {host} is not this "
                                   f"stack's address {int_to_ip(self.host.address)}")
+        _check_port(port)
         self._sync_time()
         if reuse_address is None:
             reuse_address = True    # as asyncio's create_server on Unix
@@ -297,8 +331,7 @@ class Stack:
                                 ) -> tuple[TcpTransport, asyncio.BaseProtocol]:
         self._require_running()
         raddr = _check_ipv4(host, "host")
-        if not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"port must be 1-65535, not {port!r}")
+        _check_port(port, zero_ok=False)
         lport = None
         if local_addr is not None:
             laddr, lport = local_addr
