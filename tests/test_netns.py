@@ -231,3 +231,30 @@ def test_killed_process_leaves_nothing_behind():
     assert inode not in namespaces_in_use(), "the killed child's namespace outlived it"
     assert link_names() == host_links
     assert netns_mounts() == mounts
+
+
+def test_a_failed_tun_open_never_closes_someone_elses_fd():
+    """pytun-pmd3's TunTapDevice closes its fd when TUNSETIFF fails but keeps the number, and
+    its __del__ closes that number again: after a garbage collection, whatever reused the
+    number (another stack's device) was closed under its owner.  setup_tun must not let that
+    happen."""
+    import gc
+    with Netns():
+        first = setup_tun("ust0")
+        try:
+            with pytest.raises(OSError, match="ust0") as failed:
+                setup_tun("ust0")          # the name is taken: the open fails
+            # the error (and with its traceback the half-made device) is still referenced,
+            # as a caller that logs or keeps it would; its fd number is free again
+            victim_r, victim_w = os.pipe()  # takes the failed open's fd number
+            try:
+                del failed
+                gc.collect()
+                os.fstat(victim_r)          # still ours
+                os.fstat(first.fileno())
+                assert link_names() == {"lo", "ust0"}
+            finally:
+                os.close(victim_r)
+                os.close(victim_w)
+        finally:
+            first.close()

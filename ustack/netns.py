@@ -339,11 +339,10 @@ def setup_tun(
             f"refusing to create TUN device {ifname} in the root network namespace: enter a "
             "private one first (`with ustack.netns.Netns():`) or pass allow_root_namespace=True")
 
-    from pytun_pmd3 import TunTapDevice
     from pytun_pmd3.linux import IFF_NO_PI, IFF_TUN
 
     try:
-        device = TunTapDevice(ifname, IFF_TUN | IFF_NO_PI)
+        device = _tun_device()(ifname, IFF_TUN | IFF_NO_PI)
     except OSError as exc:
         raise _tun_error(ifname, exc) from exc
     name = device.name
@@ -367,6 +366,29 @@ def setup_tun(
         device.close()
         raise
     return device
+
+
+_SafeTun: Any = None
+
+
+def _tun_device() -> Any:
+    """pytun-pmd3's TunTapDevice, made safe to fail: when TUNSETIFF fails it closes its fd but
+    keeps the number, and its __del__ closes that number again whenever the half-made object is
+    collected, by then perhaps another device's fd.  The subclass forgets the number first."""
+    global _SafeTun
+    if _SafeTun is None:
+        from pytun_pmd3 import TunTapDevice
+
+        class SafeTunTapDevice(TunTapDevice):  # type: ignore[misc]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                self._fd = -1
+                try:
+                    super().__init__(*args, **kwargs)
+                except BaseException:
+                    self._fd = -1       # already closed by pytun: never close it again
+                    raise
+        _SafeTun = SafeTunTapDevice
+    return _SafeTun
 
 
 def _check_ifname(ifname: str) -> None:
@@ -427,10 +449,9 @@ def tun_unavailable_reason() -> str | None:
                        "(CAP_SYS_ADMIN)")
             return
         try:
-            from pytun_pmd3 import TunTapDevice
             from pytun_pmd3.linux import IFF_NO_PI, IFF_TUN
 
-            TunTapDevice("ustprobe%d", IFF_TUN | IFF_NO_PI).close()
+            _tun_device()("ustprobe%d", IFF_TUN | IFF_NO_PI).close()
         except OSError as exc:
             box.append(str(_tun_error("ustprobe", exc)))
             return
