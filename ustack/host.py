@@ -28,6 +28,10 @@ from ustack.tcp.cong import CA_NAMES, TCP_INFINITE_SSTHRESH
 from ustack.tcp.connection import NEVER, NULL_USER, Connection, ConnectionUser, _after
 from ustack.tcp.isn import SecretHash
 from ustack.tcp.ports import PortBinding, PortTable
+from ustack.tcp.common import MAX_WSCALE, TCP_DEFAULT_SCALING_RATIO
+from ustack.tcp.rcvwnd import initial_window, initial_wscale, win_from_space
+from ustack.tcp.request import Request, check_req, conn_request, reqsk_timer
+from ustack.tcp.request import drop as drop_request
 from ustack.tcp.timers import T_FIN_WAIT2
 from ustack.tcp.timewait import TW_ACK, TW_RST, TW_SYN, TimeWait, TimeWaitTable
 from ustack.wire import int_to_ip, ip_to_int
@@ -48,8 +52,8 @@ class ListenerUser:
 class Listener:
     """A LISTEN socket: a port, a backlog and the queue of established children."""
 
-    __slots__ = ("host", "port", "backlog", "user", "accept_queue", "syn_recv", "closed",
-                 "binding", "group")
+    __slots__ = ("host", "port", "backlog", "user", "accept_queue", "qlen", "young", "closed",
+                 "binding", "group", "_rwin")
 
     def __init__(self, host: "Host", binding: PortBinding, backlog: int,
                  user: ListenerUser) -> None:
@@ -59,7 +63,9 @@ class Listener:
         self.backlog = backlog
         self.user = user
         self.accept_queue: deque[Connection] = deque()
-        self.syn_recv = 0
+        self.qlen = 0        # request sockets (half-open connections) of this listener
+        self.young = 0       # ... of which have not timed out yet
+        self._rwin: dict[int, tuple[int, int]] = {}
         self.closed = False
         # the SO_REUSEPORT listeners of this port, in the order they started listening
         self.group: list[Listener] = [self]
@@ -71,6 +77,31 @@ class Listener:
     @property
     def reuseport(self) -> bool:
         return self.binding.reuseport
+
+    @property
+    def max_ack_backlog(self) -> int:
+        """sk_max_ack_backlog: min(backlog, somaxconn) as listen() was given."""
+        return self.backlog - 1
+
+    def reqsk_queue_is_full(self) -> bool:
+        """inet_csk_reqsk_queue_is_full."""
+        return self.qlen > self.max_ack_backlog
+
+    def acceptq_is_full(self) -> bool:
+        """sk_acceptq_is_full."""
+        return len(self.accept_queue) > self.max_ack_backlog
+
+    def initial_rwin(self, mss: int) -> tuple[int, int]:
+        """The SYN-ACK's window and window scale for segments of `mss` (tcp_openreq_init_rwin:
+        what a new socket with the default receive buffer offers)."""
+        got = self._rwin.get(mss)
+        if got is None:
+            sysctl = self.host.sysctl
+            full = win_from_space(sysctl["net.ipv4.tcp_rmem"][1], TCP_DEFAULT_SCALING_RATIO)
+            clamp = 65535 << MAX_WSCALE
+            got = self._rwin[mss] = (initial_window(full, clamp, mss),
+                                     initial_wscale(sysctl, full, clamp))
+        return got
 
     def accept(self) -> Connection | None:
         """Pop one established connection (accept()), or None when the queue is empty."""
@@ -98,6 +129,9 @@ class Listener:
             if conn.listener is self and conn.state == S.SYN_RECV:
                 conn.listener = None
                 conn._destroy(None, notify=False)
+        for req in list(host.reqs.values()):
+            if req.listener is self:
+                drop_request(req)
         self.binding.release()
 
 
@@ -180,6 +214,7 @@ class Host:
         self.rng = random.Random(seed)
         self.conns: dict[int, Connection] = {}
         self.tw = TimeWaitTable(self)
+        self.reqs: dict[int, Request] = {}    # half-open connections (tcp/request.py)
         self.listeners: dict[int, Listener] = {}
         self.ports = PortTable(self)        # who holds each local port (bind buckets)
         self.peer_ts: dict[int, tuple[int, int]] = {}   # tcp_tw_recycle: addr -> (TSval, when)
@@ -205,6 +240,8 @@ class Host:
                     obj.on_timer()
             elif isinstance(obj, TimeWait):
                 self.tw.expire(obj)
+            elif isinstance(obj, Request):
+                reqsk_timer(obj)
 
     def next_deadline(self) -> int | None:
         return self.wheel.next_deadline()
@@ -287,6 +324,12 @@ class Host:
         if conn is not None:
             conn.on_segment(seg)
             return
+        req = self.reqs.get(key)
+        if req is not None:
+            back = check_req(self, req, seg)
+            if back is not None:
+                self.send_reset_for(back)   # the listener answers an ACK it cannot take
+            return
         tw = self.tw.records.get(key)
         if tw is not None:
             verdict = self.tw.process(tw, seg)
@@ -331,24 +374,23 @@ class Host:
             return
         if not flags & SYN:
             return
-        if len(listener.accept_queue) >= listener.backlog:
-            mib["TcpExtListenOverflows"] += 1
-            mib["TcpExtListenDrops"] += 1
-            return
         if isn is None and self.sysctl["ustack.tcp_tw_recycle"] and not self._peer_proven(seg):
             mib["UstackExtPAWSPassive"] += 1
             return
-        conn = Connection(self, seg.src, seg.sport, seg.dport, NULL_USER)
+        conn_request(self, listener, seg, isn)   # a request socket (tcp/request.py)
+
+    def child_from_request(self, req: Request, seg: Any) -> None:
+        """tcp_v4_syn_recv_sock: the handshake's ACK is valid, the full connection is made
+        (still SYN-RECV) and the ACK, with any data on it, is its first segment."""
+        listener = req.listener
+        drop_request(req)
+        conn = Connection(self, req.raddr, req.rport, req.lport, NULL_USER)
         conn.listener = listener
         conn.reuseaddr = listener.reuseaddr
         conn.binding = listener.binding.share()   # inet_inherit_port
         self.conns[conn.key] = conn
-        listener.syn_recv += 1
-        if isn is None:
-            isn = self.secret.isn(self.address, seg.src, seg.dport, seg.sport, self.now)
-        conn.accept_syn(seg, isn)
-        if seg.payload and conn.state != S.CLOSED:
-            pass  # data on a SYN (no TFO): ignored, the peer retransmits it
+        conn.accept_request(req)
+        conn.on_segment(seg)
 
     def _timewait_ack(self, tw: TimeWait) -> None:
         """Linux tcp_v4_timewait_ack: ACK from the record's numbers."""
@@ -484,7 +526,6 @@ class Host:
         listener = conn.listener
         if listener is None or listener.closed:
             return
-        listener.syn_recv -= 1
         listener.accept_queue.append(conn)
         listener.user.tcp_accept(listener)
 
@@ -501,8 +542,6 @@ class Host:
         if listener is not None:
             if conn in listener.accept_queue:
                 listener.accept_queue.remove(conn)
-            elif conn.state == S.CLOSED and listener.syn_recv > 0 and conn.closed_notified is False:
-                pass
             conn.listener = None
 
     def orphaned(self, conn: Connection) -> None:
@@ -685,6 +724,11 @@ class Host:
                 conn.rttvar / 1.0, conn.rec.lost_out, conn.rec.sacked_out, conn.rec.retrans_out,
                 conn.rec.reordering, CA_NAMES[conn.rec.ca_state], conn._effective_mss()))
         now = self.now
+        for req in self.reqs.values():
+            left = req.timer.deadline - now if req.timer is not None and req.timer.active else 0
+            out.append(ConnInfo(S.NAMES[S.SYN_RECV], (me, req.lport),
+                                (int_to_ip(req.raddr), req.rport), 0, 0,
+                                ("on", max(0, left), req.num_retrans)))
         for tw in self.tw.records.values():
             left = tw.timer.deadline - now if tw.timer is not None else 0
             out.append(ConnInfo(S.NAMES[S.TIME_WAIT] if tw.substate == S.TIME_WAIT else

@@ -85,15 +85,12 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
 # writing another value is refused with a message, so that a test or a configuration never
 # believes in a behaviour ustack does not have.
 UNIMPLEMENTED: dict[str, str] = {
-    "net.ipv4.tcp_abort_on_overflow": "the accept queue's limit is not modelled yet",
     "net.ipv4.tcp_autocorking": "ustack does not autocork: small writes leave as Nagle and "
                                 "TCP_CORK/MSG_MORE allow",
     "net.ipv4.tcp_base_mss": "path MTU probing is not implemented",
     "net.ipv4.tcp_ecn": "ECN is not negotiated: ustack answers as with tcp_ecn=0",
     "net.ipv4.tcp_fack": "Linux 6.18 ignores it too (RACK replaced FACK)",
     "net.ipv4.tcp_fastopen": "TCP Fast Open is not implemented",
-    "net.ipv4.tcp_max_syn_backlog": "request sockets and their queue limit are not modelled "
-                                    "yet",
     "net.ipv4.tcp_moderate_rcvbuf": "receive buffer auto-tuning is not implemented: the "
                                     "buffer stays at tcp_rmem[1] or SO_RCVBUF",
     "net.ipv4.tcp_mtu_probing": "path MTU probing is not implemented",

@@ -38,7 +38,7 @@ from ustack.tcp.common import (GSO_MAX_SIZE, M32, MAX_WSCALE, NEVER, PAWS_ACK, P
                                TCP_RTO_MAX, TCP_RTO_MIN, TCP_TIMEOUT_INIT, TCP_TIMEOUT_MIN,
                                TS_OPT_LEN, _after, _before)
 from ustack.tcp.output import SendSide
-from ustack.tcp.rcvwnd import ReceiveSide, skb_truesize
+from ustack.tcp.rcvwnd import ReceiveSide, initial_window, initial_wscale, skb_truesize
 
 __all__ = ["Connection", "ConnectionUser", "NULL_USER", "NEVER", "retransmits_timed_out",
            "skb_truesize", "GSO_MAX_SIZE", "M32", "MAX_WSCALE", "_after", "_before"]
@@ -601,27 +601,14 @@ class Connection(ReceiveSide, SendSide):
 
     # ------------------------------------------------------------------ open
     def _init_local(self) -> None:
-        host = self.host
-        sysctl = host.sysctl
-        self.rcv_wscale = 0
         full_space = self._win_from_space(self.rcvbuf)
         if self.rcvbuf_locked and self.window_clamp > full_space:
             # tcp_connect_init / tcp_openreq_init_rwin: a buffer the user set limits the window
             self.window_clamp = full_space
-        if sysctl["net.ipv4.tcp_window_scaling"]:
-            # Linux tcp_select_initial_window: scale for the largest window this socket could
-            # ever offer (tcp_rmem[2] or rmem_max, within window_clamp), as ilog2(space) - 15
-            space = max(full_space, sysctl["net.ipv4.tcp_rmem"][2], sysctl["net.core.rmem_max"])
-            space = min(space, self.window_clamp)
-            self.rcv_wscale = max(0, min(space.bit_length() - 1 - 15, MAX_WSCALE))
+        self.rcv_wscale = initial_wscale(self.host.sysctl, full_space, self.window_clamp)
 
     def _initial_window(self, mss: int) -> int:
-        """Linux tcp_select_initial_window: the full space, a whole number of segments, at
-        most 64K (a SYN's window is never scaled)."""
-        space = min(self.window_clamp, self._win_from_space(self.rcvbuf))
-        if space > mss:
-            space = (space // mss) * mss
-        return min(space, 65535)
+        return initial_window(self._win_from_space(self.rcvbuf), self.window_clamp, mss)
 
     def connect(self, iss: int, ts_inherited: bool = False) -> None:
         """Active open: send SYN (RFC 9293 §3.10.1).  `ts_inherited`: ts_recent came from a
@@ -687,6 +674,38 @@ class Connection(ReceiveSide, SendSide):
         self._emit(SYN | ACK, iss, syn_options=True)
         self._rearm_rto()
         self._arm()
+
+    def accept_request(self, req: Any) -> None:
+        """The full connection of a request socket whose handshake completes (Linux
+        tcp_create_openreq_child): SYN-RECV with everything the request knew, nothing sent;
+        the handshake's ACK comes next."""
+        host = self.host
+        self._init_local()
+        self.irs = req.irs
+        self.rcv_nxt = self.rcv_wup = req.rcv_nxt
+        self.iss = req.iss
+        self.snd_una = self.snd_sml = req.iss
+        self.snd_nxt = self.snd_max = (req.iss + 1) & M32
+        self.wscale_ok = req.wscale_ok
+        self.rcv_wscale = req.rcv_wscale
+        self.snd_wscale = req.snd_wscale
+        self.sack_ok = req.sack_ok
+        self.ts_ok = req.ts_ok
+        if self.ts_ok:
+            self.ts_off = req.ts_off
+            self.ts_recent = req.ts_recent
+            self.ts_recent_stamp = host.now
+        self.rcv_wnd = req.rcv_wnd
+        self._set_peer_mss(req.peer_mss)
+        self.snd_wnd = req.snd_wnd
+        self.snd_wl1 = req.irs
+        self.snd_wl2 = req.iss
+        self.max_window = self.snd_wnd
+        self.rcv_ssthresh = self.rcv_wnd
+        self.retransmits = req.num_retrans      # Karn: no RTT from a retransmitted SYN-ACK
+        self.total_retrans = req.num_retrans
+        self._set_state(S.SYN_RECV)
+        self.syn_time = req.syn_time
 
     def _set_peer_mss(self, mss: int) -> None:
         self.peer_mss = mss if mss > 0 else 536

@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from ustack._segment import FIN, PSH, SYN
-from ustack.tcp.common import (M32, NEVER, TCP_ATO_MIN, TCP_DELACK_MAX, TCP_MAX_QUICKACKS,
-                               TCP_RMEM_TO_WIN_SCALE, TS_OPT_LEN)
+from ustack.tcp.common import (M32, MAX_WSCALE, NEVER, TCP_ATO_MIN, TCP_DELACK_MAX,
+                               TCP_MAX_QUICKACKS, TCP_RMEM_TO_WIN_SCALE, TS_OPT_LEN)
 
 
 def skb_truesize(payload_len: int) -> int:
@@ -28,6 +28,30 @@ def skb_truesize(payload_len: int) -> int:
     return size + 256
 
 
+def win_from_space(space: int, scaling_ratio: int) -> int:
+    """Linux tcp_win_from_space: memory to window by the payload/truesize ratio."""
+    return (space * scaling_ratio) >> TCP_RMEM_TO_WIN_SCALE if space > 0 else 0
+
+
+def initial_wscale(sysctl: Any, full_space: int, window_clamp: int) -> int:
+    """Linux tcp_select_initial_window's scale: for the largest window this socket could ever
+    offer (tcp_rmem[2] or rmem_max, within window_clamp), ilog2(space) - 15."""
+    if not sysctl["net.ipv4.tcp_window_scaling"]:
+        return 0
+    space = max(full_space, sysctl["net.ipv4.tcp_rmem"][2], sysctl["net.core.rmem_max"])
+    space = min(space, window_clamp)
+    return max(0, min(space.bit_length() - 1 - 15, MAX_WSCALE))
+
+
+def initial_window(full_space: int, window_clamp: int, mss: int) -> int:
+    """Linux tcp_select_initial_window's window: the full space, a whole number of segments,
+    at most 64K (a SYN's window is never scaled)."""
+    space = min(window_clamp, full_space)
+    if space > mss:
+        space = (space // mss) * mss
+    return min(space, 65535)
+
+
 class ReceiveSide:
     """Receive window and delayed ACKs of a `Connection` (a mixin: no state of its own)."""
 
@@ -35,7 +59,7 @@ class ReceiveSide:
 
     def _win_from_space(self, space: int) -> int:
         """Linux tcp_win_from_space: memory to window by the measured payload/truesize ratio."""
-        return (space * self.scaling_ratio) >> TCP_RMEM_TO_WIN_SCALE if space > 0 else 0
+        return win_from_space(space, self.scaling_ratio)
 
     def _space(self) -> int:
         """Linux tcp_space: the window the free receive memory is worth."""
