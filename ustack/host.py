@@ -30,7 +30,7 @@ from ustack.tcp.isn import SecretHash
 from ustack.tcp.ports import PortBinding, PortTable
 from ustack.tcp.common import MAX_WSCALE, TCP_DEFAULT_SCALING_RATIO
 from ustack.tcp.rcvwnd import initial_window, initial_wscale, win_from_space
-from ustack.tcp.request import Request, check_req, conn_request, reqsk_timer
+from ustack.tcp.request import Request, check_req, conn_request, cookie_check, reqsk_timer
 from ustack.tcp.request import drop as drop_request
 from ustack.tcp.timers import T_FIN_WAIT2
 from ustack.tcp.timewait import TW_ACK, TW_RST, TW_SYN, TimeWait, TimeWaitTable
@@ -53,7 +53,7 @@ class Listener:
     """A LISTEN socket: a port, a backlog and the queue of established children."""
 
     __slots__ = ("host", "port", "backlog", "user", "accept_queue", "qlen", "young", "closed",
-                 "binding", "group", "_rwin")
+                 "binding", "group", "_rwin", "last_overflow")
 
     def __init__(self, host: "Host", binding: PortBinding, backlog: int,
                  user: ListenerUser) -> None:
@@ -66,6 +66,7 @@ class Listener:
         self.qlen = 0        # request sockets (half-open connections) of this listener
         self.young = 0       # ... of which have not timed out yet
         self._rwin: dict[int, tuple[int, int]] = {}
+        self.last_overflow = -(1 << 40)   # when the SYN queue last overflowed (cookies sent)
         self.closed = False
         # the SO_REUSEPORT listeners of this port, in the order they started listening
         self.group: list[Listener] = [self]
@@ -369,7 +370,10 @@ class Host:
         if flags & RST:
             return
         if flags & ACK:
-            # an ACK for a connection we do not know (e.g. after a SYN cookie we never sent)
+            # the ACK of a SYN cookie makes the connection (cookie_v4_check); any other ACK
+            # for a connection we do not know gets a RST
+            if not flags & SYN and cookie_check(self, listener, seg):
+                return
             self.send_reset_for(seg)
             return
         if not flags & SYN:

@@ -41,7 +41,7 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
     "net.ipv4.tcp_keepalive_intvl": (75, int, 1, _INT_MAX),
     "net.ipv4.tcp_keepalive_probes": (9, int, 1, 127),
     "net.ipv4.tcp_max_syn_backlog": (2048, int, 0, _INT_MAX),
-    "net.ipv4.tcp_syncookies": (0, int, 0, 2),
+    "net.ipv4.tcp_syncookies": (1, int, 0, 2),
     "net.ipv4.tcp_abort_on_overflow": (0, int, 0, 1),
     "net.ipv4.tcp_invalid_ratelimit": (500, int, 0, _INT_MAX),
     "net.ipv4.tcp_challenge_ack_limit": (2147483647, int, 0, _INT_MAX),
@@ -80,8 +80,8 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
 
 
 # Linux settings ustack knows but does not implement yet.  Each reads as the value that says
-# what ustack does (where that differs from Linux's default: tcp_ecn, tcp_syncookies,
-# tcp_fastopen, tcp_autocorking and tcp_moderate_rcvbuf read 0, tcp_no_metrics_save 1);
+# what ustack does (where that differs from Linux's default: tcp_ecn, tcp_fastopen,
+# tcp_autocorking and tcp_moderate_rcvbuf read 0, tcp_no_metrics_save 1);
 # writing another value is refused with a message, so that a test or a configuration never
 # believes in a behaviour ustack does not have.
 UNIMPLEMENTED: dict[str, str] = {
@@ -97,7 +97,6 @@ UNIMPLEMENTED: dict[str, str] = {
     "net.ipv4.tcp_no_metrics_save": "ustack keeps no per-destination metrics",
     "net.ipv4.tcp_retries1": "ustack has no route to renegotiate after tcp_retries1 "
                              "retransmissions; tcp_retries2 is what ends a connection",
-    "net.ipv4.tcp_syncookies": "SYN cookies are not implemented yet",
     "net.ipv4.tcp_tso_win_divisor": "TSO deferral uses Linux's default divisor, 3",
 }
 

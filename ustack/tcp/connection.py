@@ -702,7 +702,8 @@ class Connection(ReceiveSide, SendSide):
         self.snd_wl2 = req.iss
         self.max_window = self.snd_wnd
         self.rcv_ssthresh = self.rcv_wnd
-        self.retransmits = req.num_retrans      # Karn: no RTT from a retransmitted SYN-ACK
+        # Karn: no RTT from a retransmitted SYN-ACK, nor from a cookie's (its time is unknown)
+        self.retransmits = req.num_retrans or (1 if req.cookie else 0)
         self.total_retrans = req.num_retrans
         self._set_state(S.SYN_RECV)
         self.syn_time = req.syn_time

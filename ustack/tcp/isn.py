@@ -14,7 +14,7 @@ import os
 class SecretHash:
     """Keyed hashes for ISNs and TS offsets.  `secret` fixes them (tests); default is random."""
 
-    __slots__ = ("_seq_key", "_ts_key", "_port_key")
+    __slots__ = ("_seq_key", "_ts_key", "_port_key", "_cookie_key")
 
     def __init__(self, secret: bytes | None = None) -> None:
         if secret is None:
@@ -22,6 +22,7 @@ class SecretHash:
         self._seq_key = hashlib.blake2s(b"ustack-isn" + secret).digest()
         self._ts_key = hashlib.blake2s(b"ustack-tsoff" + secret).digest()
         self._port_key = hashlib.blake2s(b"ustack-port" + secret).digest()
+        self._cookie_key = hashlib.blake2s(b"ustack-syncookie" + secret).digest()
 
     def isn(self, saddr: int, daddr: int, sport: int, dport: int, now_ms: int) -> int:
         h = hashlib.blake2s(
@@ -46,4 +47,14 @@ class SecretHash:
         secure_ipv4_port_ephemeral): 64 keyed bits of (source, destination, destination port)."""
         h = hashlib.blake2s(saddr.to_bytes(4, "big") + daddr.to_bytes(4, "big")
                             + dport.to_bytes(2, "big"), key=self._port_key, digest_size=8).digest()
+        return int.from_bytes(h, "big")
+
+    def cookie_hash(self, saddr: int, daddr: int, sport: int, dport: int, count: int,
+                    c: int) -> int:
+        """Linux cookie_hash: a keyed 32-bit hash of the 4-tuple, the minute counter and which
+        of the two hashes (c) a SYN cookie uses."""
+        h = hashlib.blake2s(saddr.to_bytes(4, "big") + daddr.to_bytes(4, "big")
+                            + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
+                            + (count & 0xFFFFFFFF).to_bytes(4, "big") + bytes((c,)),
+                            key=self._cookie_key, digest_size=4).digest()
         return int.from_bytes(h, "big")

@@ -10,6 +10,13 @@ connection.  The full `Connection` is made only when the handshake's ACK arrives
 (reqsk_timer_handler's pruning).  The queue limits are Linux's: the SYN queue holds at most the
 listen backlog (min(backlog, somaxconn)), the accept queue one more, and without SYN cookies the
 last quarter of tcp_max_syn_backlog is kept for proven peers.
+
+SYN cookies (net/ipv4/syncookies.c, tcp_syncookies 1: when the SYN queue is full, 2: always)
+keep nothing at all: the SYN-ACK's sequence number encodes a keyed hash of the 4-tuple, a
+minute counter and which of four MSS values the SYN asked for, and with timestamps its TSval's
+low six bits carry the window scale and SACK permission; the ACK that echoes them becomes the
+connection.  (The hash is ustack's own keyed BLAKE2s, not the kernel's SipHash: a cookie is only
+ever checked by the stack that made it.)
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ from ustack.tcp.paws import paws_reject
 if TYPE_CHECKING:  # pragma: no cover
     from ustack.host import Host, Listener
 
-__all__ = ["Request", "conn_request", "check_req", "reqsk_timer"]
+__all__ = ["Request", "conn_request", "check_req", "reqsk_timer", "cookie_check"]
 
 
 class Request:
@@ -31,7 +38,7 @@ class Request:
     __slots__ = ("listener", "key", "raddr", "rport", "lport", "irs", "iss", "rcv_nxt",
                  "peer_mss", "snd_wscale", "wscale_ok", "sack_ok", "ts_ok", "ts_recent",
                  "ts_off", "snd_wnd", "rcv_wnd", "rcv_wscale", "num_retrans", "num_timeout",
-                 "syn_time", "acked", "last_oow_ack", "timer")
+                 "syn_time", "acked", "last_oow_ack", "timer", "cookie")
 
     def __init__(self, listener: "Listener", seg: Any, iss: int) -> None:
         host = listener.host
@@ -63,12 +70,14 @@ class Request:
         self.acked = False
         self.last_oow_ack = -1
         self.timer = None
+        self.cookie = False          # made from a SYN cookie: no SYN-ACK time to measure from
 
     # ------------------------------------------------------------------ output
-    def send_synack(self) -> None:
-        """tcp_v4_send_synack."""
+    def send_synack(self, ts_clock: int | None = None) -> None:
+        """tcp_v4_send_synack (`ts_clock`: the cookie timestamp instead of now)."""
         host = self.listener.host
-        ts_val = (host.now + self.ts_off) & M32 if self.ts_ok else None
+        clock = host.now if ts_clock is None else ts_clock
+        ts_val = (clock + self.ts_off) & M32 if self.ts_ok else None
         host.output(build_tcp(
             host.address, self.raddr, self.lport, self.rport, self.iss, self.rcv_nxt, SYN | ACK,
             min(self.rcv_wnd, 65535), mss=host.mtu - 40,
@@ -124,14 +133,22 @@ def conn_request(host: "Host", listener: "Listener", seg: Any, isn: int | None) 
     mib = host.mib
     sysctl = host.sysctl
     syncookies = sysctl["net.ipv4.tcp_syncookies"]
+    want_cookie = False
     if (syncookies == 2 or listener.reqsk_queue_is_full()) and isn is None:
-        # tcp_syn_flood_action (SYN cookies are not implemented yet: tcp_syncookies reads 0)
-        mib["TcpExtTCPReqQFullDrop"] += 1
-        mib["TcpExtListenDrops"] += 1
-        return
+        # tcp_syn_flood_action
+        if syncookies:
+            want_cookie = True
+            mib["TcpExtTCPReqQFullDoCookies"] += 1
+        else:
+            mib["TcpExtTCPReqQFullDrop"] += 1
+            mib["TcpExtListenDrops"] += 1
+            return
     if listener.acceptq_is_full():
         mib["TcpExtListenOverflows"] += 1
         mib["TcpExtListenDrops"] += 1
+        return
+    if want_cookie:
+        send_cookie(host, listener, seg)
         return
     if isn is None:
         max_syn_backlog = sysctl["net.ipv4.tcp_max_syn_backlog"]
@@ -255,3 +272,135 @@ def _in_window(seq: int, end_seq: int, s_win: int, e_win: int) -> bool:
     if _after(end_seq, s_win) and ((seq - e_win) & M32) > 0x7FFFFFFF:
         return True
     return seq == e_win and seq == end_seq
+
+
+# ---------------------------------------------------------------------- SYN cookies
+MSSTAB = (536, 1300, 1440, 1460)        # msstab: the MSS values a cookie can carry
+COOKIEBITS = 24
+COOKIEMASK = (1 << COOKIEBITS) - 1
+MAX_SYNCOOKIE_AGE = 2                   # minutes
+TCP_SYNCOOKIE_VALID = 120_000           # ms after the last overflow that cookies are accepted
+TSBITS = 6
+TSMASK = (1 << TSBITS) - 1
+TS_OPT_WSCALE_MASK = 0xF
+TS_OPT_SACK = 1 << 4
+
+
+def cookie_time(now: int) -> int:
+    """tcp_cookie_time: a counter of minutes."""
+    return now // 60_000
+
+
+def cookie_init_sequence(host: "Host", seg: Any) -> tuple[int, int]:
+    """__cookie_v4_init_sequence: the ISN that is the cookie, and the MSS it stands for."""
+    mssind = len(MSSTAB) - 1
+    while mssind and seg.mss < MSSTAB[mssind]:
+        mssind -= 1
+    h = host.secret.cookie_hash
+    count = cookie_time(host.now)
+    args = (seg.src, host.address, seg.sport, seg.dport)
+    isn = (h(*args, 0, 0) + seg.seq + (count << COOKIEBITS)
+           + ((h(*args, count, 1) + mssind) & COOKIEMASK)) & M32
+    return isn, MSSTAB[mssind]
+
+
+def cookie_check_mss(host: "Host", seg: Any) -> int:
+    """__cookie_v4_check: the MSS the ACK's cookie (ack - 1) encodes, 0 if it is not ours or
+    older than two minutes."""
+    h = host.secret.cookie_hash
+    args = (seg.src, host.address, seg.sport, seg.dport)
+    cookie = (seg.ack - 1) & M32
+    sseq = (seg.seq - 1) & M32
+    count = cookie_time(host.now)
+    cookie = (cookie - h(*args, 0, 0) - sseq) & M32
+    diff = (count - (cookie >> COOKIEBITS)) & (M32 >> COOKIEBITS)
+    if diff >= MAX_SYNCOOKIE_AGE:
+        return 0
+    mssind = (cookie - h(*args, (count - diff) & M32, 1)) & COOKIEMASK
+    return MSSTAB[mssind] if mssind < len(MSSTAB) else 0
+
+
+def cookie_init_timestamp(req: Request, now: int) -> int:
+    """cookie_init_timestamp: the TSval clock with its low bits replaced by the options the
+    SYN asked for (window scale, or 0xf for none; SACK), never ahead of the clock."""
+    options = req.snd_wscale if req.wscale_ok else TS_OPT_WSCALE_MASK
+    if req.sack_ok:
+        options |= TS_OPT_SACK
+    ts = ((now >> TSBITS) << TSBITS) | options
+    if ts > now:
+        ts -= 1 << TSBITS
+    return ts
+
+
+def send_cookie(host: "Host", listener: "Listener", seg: Any) -> None:
+    """tcp_conn_request with want_cookie: a SYN-ACK whose ISN is the cookie; nothing is kept.
+    Without timestamps nowhere to keep window scaling and SACK: they are not offered."""
+    req = Request(listener, seg, 0)
+    if not req.ts_ok:
+        req.wscale_ok = req.sack_ok = False        # tcp_clear_options
+        req.snd_wscale = req.rcv_wscale = 0
+    req.iss, _mss = cookie_init_sequence(host, seg)
+    listener.last_overflow = host.now              # tcp_synq_overflow
+    host.mib["TcpExtSyncookiesSent"] += 1
+    req.send_synack(cookie_init_timestamp(req, host.now) if req.ts_ok else None)
+
+
+def cookie_check(host: "Host", listener: "Listener", seg: Any) -> bool:
+    """cookie_v4_check: an ACK at the listener that may complete a cookie handshake.  True
+    when it was dealt with (a connection made, or dropped for a full accept queue); False
+    when the listener should answer it with a RST."""
+    mib = host.mib
+    sysctl = host.sysctl
+    if not sysctl["net.ipv4.tcp_syncookies"] or seg.flags & (RST | SYN):
+        return False
+    if host.now - listener.last_overflow > TCP_SYNCOOKIE_VALID:
+        return False                               # tcp_synq_no_recent_overflow
+    mss = cookie_check_mss(host, seg)
+    if not mss:
+        mib["TcpExtSyncookiesFailed"] += 1
+        return False
+    mib["TcpExtSyncookiesRecv"] += 1
+    ts_ok = bool(seg.has_ts and sysctl["net.ipv4.tcp_timestamps"])
+    if seg.has_ts and not sysctl["net.ipv4.tcp_timestamps"]:
+        return False
+    wscale_ok, snd_wscale, sack_ok = False, 0, False
+    ts_off = 0
+    if ts_ok:
+        # cookie_timestamp_decode: the echoed TSval carries the SYN's options
+        ts_off = host.secret.ts_offset(host.address, seg.src, seg.dport, seg.sport) \
+            if sysctl["net.ipv4.tcp_timestamps"] == 1 else 0
+        options = (seg.ts_ecr - ts_off) & TSMASK
+        sack_ok = bool(options & TS_OPT_SACK)
+        if sack_ok and not sysctl["net.ipv4.tcp_sack"]:
+            return False
+        if options & TS_OPT_WSCALE_MASK != TS_OPT_WSCALE_MASK:
+            if not sysctl["net.ipv4.tcp_window_scaling"]:
+                return False
+            wscale_ok, snd_wscale = True, options & TS_OPT_WSCALE_MASK
+    req = Request.__new__(Request)
+    req.listener = listener
+    req.raddr, req.rport, req.lport = seg.src, seg.sport, seg.dport
+    req.key = (seg.src << 32) | (seg.sport << 16) | seg.dport
+    req.irs = (seg.seq - 1) & M32
+    req.rcv_nxt = seg.seq
+    req.iss = (seg.ack - 1) & M32
+    req.peer_mss = mss
+    req.wscale_ok, req.snd_wscale, req.sack_ok = wscale_ok, snd_wscale, sack_ok
+    req.ts_ok = ts_ok
+    req.ts_recent = seg.ts_val if ts_ok else 0
+    req.ts_off = ts_off
+    req.snd_wnd = seg.window << snd_wscale
+    req.rcv_wnd, wscale = listener.initial_rwin(host.mtu - 40 - (TS_OPT_LEN if ts_ok else 0))
+    req.rcv_wscale = wscale if wscale_ok else 0
+    req.num_retrans = req.num_timeout = 0
+    req.syn_time = host.now
+    req.acked = False
+    req.last_oow_ack = -1
+    req.timer = None
+    req.cookie = True
+    if listener.acceptq_is_full():
+        mib["TcpExtListenOverflows"] += 1
+        mib["TcpExtListenDrops"] += 1
+        return True
+    host.child_from_request(req, seg)
+    return True
