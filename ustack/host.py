@@ -26,6 +26,7 @@ from ustack.sysctl import Sysctl
 from ustack.tcp import states as S
 from ustack.tcp.cong import CA_NAMES, TCP_INFINITE_SSTHRESH
 from ustack.tcp.connection import NEVER, NULL_USER, Connection, ConnectionUser, _after
+from ustack.tcp.icmp import req_err, tcp_err
 from ustack.tcp.isn import SecretHash
 from ustack.tcp.ports import PortBinding, PortTable
 from ustack.tcp.common import MAX_WSCALE, TCP_DEFAULT_SCALING_RATIO
@@ -298,7 +299,13 @@ class Host:
             mib["IcmpInCsumErrors"] += 1
             mib["IcmpInErrors"] += 1
             return
-        if msg[0] != 8 or msg[1] != 0:
+        icmp_type = msg[0]
+        if icmp_type in (3, 4, 11, 12):
+            mib[{3: "IcmpInDestUnreachs", 4: "IcmpInSrcQuenchs", 11: "IcmpInTimeExcds",
+                 12: "IcmpInParmProbs"}[icmp_type]] += 1
+            self._icmp_error(icmp_type, msg[1], msg)
+            return
+        if icmp_type != 8 or msg[1] != 0:
             return
         mib["IcmpInEchos"] += 1
         if self.sysctl["net.ipv4.icmp_echo_ignore_all"]:
@@ -317,6 +324,37 @@ class Host:
         mib["IpOutRequests"] += 1
         if self.on_output is not None and len(self.outbox) == 1:
             self.on_output()
+
+    def _icmp_error(self, icmp_type: int, code: int, msg: bytes) -> None:
+        """An ICMP error quoting one of our TCP segments (icmp_unreach -> tcp_v4_err): the
+        quoted IP header and 8 bytes of TCP header find the connection."""
+        inner = msg[8:]
+        if len(inner) < 20:
+            self.mib["IcmpInErrors"] += 1
+            return
+        ihl = (inner[0] & 0x0F) * 4
+        if inner[0] >> 4 != 4 or ihl < 20 or len(inner) < ihl + 8 or inner[9] != IPPROTO_TCP:
+            return
+        src = int.from_bytes(inner[12:16], "big")
+        dst = int.from_bytes(inner[16:20], "big")
+        if src != self.address:
+            return
+        th = inner[ihl:ihl + 8]
+        sport = int.from_bytes(th[0:2], "big")
+        dport = int.from_bytes(th[2:4], "big")
+        seq = int.from_bytes(th[4:8], "big")
+        info = int.from_bytes(msg[6:8], "big")     # the next-hop MTU for "fragmentation needed"
+        key = (dst << 32) | (dport << 16) | sport
+        conn = self.conns.get(key)
+        if conn is not None:
+            tcp_err(conn, icmp_type, code, seq, info)
+            if conn.state != S.CLOSED:
+                conn._arm()
+            return
+        req = self.reqs.get(key)
+        if req is not None:
+            req_err(self, req, icmp_type, code, seq)
+        # TIME-WAIT records and unknown connections ignore ICMP errors
 
     def _tcp_input(self, seg: Any) -> None:
         """Linux tcp_v4_rcv: find the socket a segment belongs to."""

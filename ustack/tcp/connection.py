@@ -105,7 +105,8 @@ class Connection(ReceiveSide, SendSide):
         "t_rto", "t_delack", "t_misc", "misc_kind", "timer",
         # socket options and lifecycle
         "nodelay", "cork", "tail_push", "eor_seqs", "linger", "linger2", "user_timeout",
-        "user_mss", "notsent_lowat", "sndbuf_locked", "rcvbuf_locked", "reuseaddr", "binding", "orphan", "error", "probes",
+        "user_mss", "notsent_lowat", "sndbuf_locked", "rcvbuf_locked", "pmtu", "soft_error",
+        "reuseaddr", "binding", "orphan", "error", "probes",
         "closed_notified", "created", "_notify",
     )
 
@@ -210,6 +211,8 @@ class Connection(ReceiveSide, SendSide):
         self.notsent_lowat = 0         # TCP_NOTSENT_LOWAT (0: net.ipv4.tcp_notsent_lowat)
         self.sndbuf_locked = False     # SO_SNDBUF was set (SOCK_SNDBUF_LOCK): no auto-growth
         self.rcvbuf_locked = False     # SO_RCVBUF was set (SOCK_RCVBUF_LOCK)
+        self.pmtu = host.mtu           # the path MTU (lowered by ICMP fragmentation needed)
+        self.soft_error = 0            # sk_err_soft: an ICMP error, reported on a timeout
         self.reuseaddr = False
         self.binding = None            # the local port's PortBinding (ustack.tcp.ports)
         self.orphan = False
@@ -486,7 +489,7 @@ class Connection(ReceiveSide, SendSide):
             if self.retransmits >= limit:
                 mib["TcpAttemptFails"] += 1                  # tcp_done from SYN-SENT
                 mib["TcpExtTCPAbortOnTimeout"] += 1          # tcp_write_err
-                self._destroy(TimeoutError(110, "Connection timed out"))
+                self._destroy(self._timeout_error())
                 return
             limit = 1 << 30
             base = TCP_TIMEOUT_INIT
@@ -516,7 +519,7 @@ class Connection(ReceiveSide, SendSide):
                 self._destroy(None, notify=False)  # an embryonic connection just goes away
                 return
             mib["TcpExtTCPAbortOnTimeout"] += 1
-            self._destroy(TimeoutError(110, "Connection timed out"))
+            self._destroy(self._timeout_error())
             return
         if state in (S.SYN_SENT, S.SYN_RECV):
             if self.retransmits == 0:
@@ -558,6 +561,49 @@ class Connection(ReceiveSide, SendSide):
             self.t_rto = host.now + (1 if remaining <= 0 else
                                      min(self.t_rto - host.now, remaining))
 
+    def _timeout_error(self) -> OSError:
+        """tcp_write_err: the soft error an ICMP message left, or ETIMEDOUT."""
+        if self.soft_error:
+            from ustack.tcp.icmp import exception_for
+            return exception_for(self.soft_error)
+        return TimeoutError(110, "Connection timed out")
+
+    def simple_retransmit(self) -> None:
+        """tcp_simple_retransmit (the path MTU dropped): what is in flight and now too large
+        is lost and resent at the new size, in the Loss state without a cwnd reduction."""
+        rec = self.rec
+        mss = self._effective_mss()
+        prior_lost = rec.lost_out
+        for skb in rec.rtx:
+            if skb.length > mss:
+                rec.mark_lost(skb)
+        if prior_lost == rec.lost_out:
+            return
+        if rec.ca_state != CA_LOSS:
+            rec.high_seq = self.snd_nxt
+            self.ssthresh = self.current_ssthresh()
+            rec.prior_ssthresh = 0
+            rec.undo_marker = 0
+            rec.set_ca_state(CA_LOSS)
+        rec.xmit_retransmit_queue()
+        self._arm()
+
+    def rto_revert(self, seq: int) -> None:
+        """tcp_ld_RTO_revert (RFC 6069): an ICMP unreachable for the oldest segment during
+        backoff takes one backoff step back."""
+        if seq != self.snd_una or not self.retransmits or not self.backoff or not self.rec.rtx:
+            return
+        self.backoff -= 1
+        rto = min(self.rto << self.backoff, TCP_RTO_MAX)
+        remaining = rto - (self.host.now - self.rec.rtx[0].time)
+        if remaining > 0:
+            self.t_rto = self.host.now + remaining
+            self.rto_kind = T_RETRANS
+            self._arm()
+        else:
+            self._retransmit_timer()
+            self._arm()
+
     def _give_up_after(self, boundary: int, rto_base: int) -> int:
         """retransmits_timed_out's timeout: TCP_USER_TIMEOUT when set, else the time the
         backed-off retransmissions up to `boundary` take."""
@@ -589,7 +635,7 @@ class Connection(ReceiveSide, SendSide):
         if abort or self.probes >= limit:
             # Linux tcp_probe_timer -> tcp_write_err: no RST on the wire
             self.host.mib["TcpExtTCPAbortOnTimeout"] += 1
-            self._destroy(TimeoutError(110, "Connection timed out"))
+            self._destroy(self._timeout_error())
             return
         # A bare ACK one below snd_una draws the peer's ACK with its current window.
         self._emit(ACK, (self.snd_una - 1) & M32)

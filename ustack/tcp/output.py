@@ -359,9 +359,13 @@ class SendSide:
         skb.sacked |= 0x80      # EVER_RETRANS
 
     def _retransmit_skb(self, skb: Skb) -> None:
-        """Linux tcp_retransmit_skb: a small segment first takes the next ones along
-        (tcp_retrans_try_collapse), then it goes out marked as retransmitted."""
+        """Linux tcp_retransmit_skb: a segment larger than the MSS now is cut to it first
+        (tcp_fragment: the path MTU dropped); a small segment takes the next ones along
+        (tcp_retrans_try_collapse); then it goes out marked as retransmitted."""
         rec = self.rec
+        mss = self._effective_mss()
+        if skb.length > mss:
+            rec.fragment(skb, mss)
         if self.host.sysctl["net.ipv4.tcp_retrans_collapse"] and \
                 skb.length < self._effective_mss():
             rec.collapse_into(skb, self._effective_mss(), (self.snd_una + self.snd_wnd) & M32)

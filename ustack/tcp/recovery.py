@@ -969,6 +969,9 @@ class Recovery:
                 i += 1
                 continue
             segs = min(segs, max_segs)
+            mss = c._effective_mss()
+            if skb.length > mss:
+                self.fragment(skb, mss)         # the path MTU dropped since it was sent
             group = [skb]
             j = i + 1
             while j < len(self.rtx) and len(group) < segs:
@@ -976,6 +979,8 @@ class Recovery:
                 if nxt.burst != skb.burst or \
                         nxt.sacked & (LOST | SACKED_ACKED | SACKED_RETRANS) != eligible:
                     break
+                if nxt.length > mss:
+                    self.fragment(nxt, mss)
                 group.append(nxt)
                 j += 1
             burst = self.new_burst()
@@ -1008,6 +1013,26 @@ class Recovery:
         if self.undo_retrans < 0:
             self.undo_retrans = 0
         self.undo_retrans += 1
+
+    def fragment(self, skb: Skb, length: int) -> None:
+        """tcp_fragment: cut `skb` after `length` bytes; the tail keeps its marks (and counts
+        as one more packet lost or retransmitted where the head is)."""
+        i = self.rtx.index(skb)
+        tail = Skb((skb.seq + length) & M32, skb.end_seq, skb.fin, skb.time, skb.delivered,
+                   skb.burst)
+        tail.order = skb.order
+        tail.sacked = skb.sacked
+        tail.psh = skb.psh
+        skb.psh = False
+        skb.end_seq = tail.seq
+        skb.fin = False
+        if tail.sacked & LOST:
+            self.lost_out += 1
+        if tail.sacked & SACKED_RETRANS:
+            self.retrans_out += 1
+        if tail.sacked & SACKED_ACKED:
+            self.sacked_out += 1
+        self.rtx.insert(i + 1, tail)
 
     def collapse_into(self, skb: Skb, room: int, wnd_end: int) -> None:
         """tcp_retrans_try_collapse: a small segment takes the following ones along while they
