@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from ustack.link.impair import Impairment, KernelPair, impaired_tun_stack, symmetric  # noqa: E402
 from ustack.netns import Netns  # noqa: E402
+from ustack.netns import kernel_counters as kernel_mib  # noqa: E402
 
 KERNEL, USTACK = "198.18.0.1", "198.18.0.2"
 PORT = 5001
@@ -54,20 +55,6 @@ CASES: dict[str, dict[str, Any]] = {
     "all": dict(loss=0.01, reorder=0.25, duplicate=0.05, corrupt=0.01, delay_ms=1.0,
                 jitter_ms=0.5),
 }
-
-
-def kernel_mib() -> dict[str, int]:
-    """The calling thread's namespace's kernel counters by nstat name."""
-    out: dict[str, int] = {}
-    for path in ("/proc/thread-self/net/snmp", "/proc/thread-self/net/netstat"):
-        with open(path) as f:
-            lines = f.read().splitlines()
-        for names, values in zip(lines[::2], lines[1::2]):
-            group, *fields = names.split()
-            _, *nums = values.split()
-            for field, num in zip(fields, nums):
-                out[group.rstrip(":") + field] = int(num)
-    return out
 
 
 class Receiver:

@@ -34,7 +34,8 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from ustack import Stack  # noqa: E402
-from ustack.netns import Netns, iproute, setup_tun  # noqa: E402
+from ustack.netns import Netns, iproute, kernel_sockets, setup_tun  # noqa: E402
+from ustack.netns import kernel_counters as kernel_mib  # noqa: E402
 from ustack.wire import build_tcp, ip_to_int  # noqa: E402
 
 KERNEL, USTACK = "198.18.0.1", "198.18.0.2"
@@ -46,26 +47,8 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def kernel_mib() -> dict[str, int]:
-    out: dict[str, int] = {}
-    for path in ("/proc/thread-self/net/snmp", "/proc/thread-self/net/netstat"):
-        with open(path) as f:
-            lines = f.read().splitlines()
-        for names, values in zip(lines[::2], lines[1::2]):
-            group, *fields = names.split()
-            _, *nums = values.split()
-            for field, num in zip(fields, nums):
-                out[group.rstrip(":") + field] = int(num)
-    return out
-
-
 def kernel_half_open() -> int:
-    n = 0
-    with open("/proc/thread-self/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            if line.split()[3] == "03":          # TCP_SYN_RECV
-                n += 1
-    return n
+    return sum(1 for _l, _r, state in kernel_sockets() if state == "SYN-RECV")
 
 
 async def flood(target: str, syns: int, seconds: float, stop: asyncio.Event,
