@@ -1045,6 +1045,8 @@ class Connection(ReceiveSide, SendSide):
     def _synrecv_ack(self, seg: Any) -> bool:
         """The third segment of a passive open (Linux tcp_check_req + tcp_rcv_state_process)."""
         host = self.host
+        if not seg.payload and not seg.flags & FIN:
+            host.mib["TcpExtTCPPureAcks"] += 1      # tcp_ack's slow path
         if seg.ack != self.snd_max:
             host.send_reset_for(seg)
             return False

@@ -112,12 +112,12 @@ class Request:
         else:
             wheel.reschedule(self.timer, deadline)
 
-    def oow_rate_limited(self) -> bool:
-        """tcp_oow_rate_limited for a request (TCPACKSkippedSynRecv)."""
+    def oow_rate_limited(self, mib_name: str = "TcpExtTCPACKSkippedSynRecv") -> bool:
+        """tcp_oow_rate_limited for a request: one answer per tcp_invalid_ratelimit ms."""
         host = self.listener.host
         limit = host.sysctl["net.ipv4.tcp_invalid_ratelimit"]
         if self.last_oow_ack >= 0 and host.now - self.last_oow_ack < limit:
-            host.mib["TcpExtTCPACKSkippedSynRecv"] += 1
+            host.mib[mib_name] += 1
             return True
         self.last_oow_ack = host.now
         return False
@@ -239,6 +239,15 @@ def check_req(host: "Host", req: Request, seg: Any) -> Any:
         req.ts_recent = seg.ts_val
     if seg.seq == req.irs:
         flags &= ~SYN                            # the SYN lies before the window: truncated
+    if flags & RST and seg.seq != req.rcv_nxt:
+        # Linux 6.18: a RST inside the window but not at rcv_nxt draws a challenge ACK
+        # (RFC 5961 §3) and the request lives on
+        if req.oow_rate_limited("TcpExtTCPACKSkippedChallenge"):
+            return None
+        if host.challenge_ack_allowed():
+            mib["TcpExtTCPChallengeACK"] += 1
+            req.send_ack()
+        return None
     if flags & (RST | SYN):
         mib["TcpAttemptFails"] += 1
         embryonic_reset(host, req, seg, flags)
