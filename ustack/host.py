@@ -35,6 +35,7 @@ from ustack.tcp.request import Request, check_req, conn_request, cookie_check, r
 from ustack.tcp.request import drop as drop_request
 from ustack.tcp.timers import T_FIN_WAIT2
 from ustack.tcp.timewait import TW_ACK, TW_RST, TW_SYN, TimeWait, TimeWaitTable
+from ustack.tcp.twtable import CompactTable
 from ustack.wire import int_to_ip, ip_to_int
 
 _CLOSING_STATES = frozenset((S.FIN_WAIT_1, S.CLOSING, S.LAST_ACK))  # Linux closing()
@@ -215,7 +216,10 @@ class Host:
         self.secret = SecretHash(secret)
         self.rng = random.Random(seed)
         self.conns: dict[int, Connection] = {}
-        self.tw = TimeWaitTable(self)
+        # TIME-WAIT records: a compact table of arrays (twtable.py), or one object per record
+        # (timewait.py, the readable statement), as ustack.tcp_tw_compact says at start
+        self.tw: TimeWaitTable = CompactTable(self) if self.sysctl["ustack.tcp_tw_compact"] \
+            else TimeWaitTable(self)
         self.reqs: dict[int, Request] = {}    # half-open connections (tcp/request.py)
         self.listeners: dict[int, Listener] = {}
         self.ports = PortTable(self)        # who holds each local port (bind buckets)
@@ -242,6 +246,8 @@ class Host:
                     obj.on_timer()
             elif isinstance(obj, TimeWait):
                 self.tw.expire(obj)
+            elif isinstance(obj, CompactTable):
+                obj.on_timer()
             elif isinstance(obj, Request):
                 reqsk_timer(obj)
 
@@ -772,7 +778,7 @@ class Host:
                                 (int_to_ip(req.raddr), req.rport), 0, 0,
                                 ("on", max(0, left), req.num_retrans)))
         for tw in self.tw.records.values():
-            left = tw.timer.deadline - now if tw.timer is not None else 0
+            left = self.tw.deadline_of(tw) - now
             out.append(ConnInfo(S.NAMES[S.TIME_WAIT] if tw.substate == S.TIME_WAIT else
                                 S.NAMES[S.FIN_WAIT_2],
                                 (me, tw.lport), (int_to_ip(tw.raddr), tw.rport), 0, 0,

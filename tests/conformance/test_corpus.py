@@ -49,6 +49,15 @@ def test_ustack(path: Path) -> None:
         assert res.ok, _render(res)
 
 
+@pytest.mark.parametrize("path", CORPUS, ids=IDS)
+def test_ustack_with_time_wait_objects(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same scripts with the readable TIME-WAIT table (one object per record) instead of
+    the compact one: both must pass (tests/core/test_twtable.py compares them in detail)."""
+    from ustack import sysctl
+    monkeypatch.setitem(sysctl.DEFAULTS, "ustack.tcp_tw_compact", (0, int, 0, 1))
+    test_ustack(path)
+
+
 def _retry_worthy(o: Outcome) -> bool:
     f = o.result.failure
     return f is not None and ("timing error" in f.message or "missing outbound" in f.message)

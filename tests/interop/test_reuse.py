@@ -330,7 +330,7 @@ def test_explicit_bind_reconnects_over_time_wait(netns, run, ustack_ts):
                 assert "TIME-WAIT" in str(exc.value)
                 assert stack.counters["TWRecycled"] == 0
                 assert stack.counters["TcpActiveOpens"] == 1
-                assert stack.host.tw.get(tw_key(SERVER_PORT, lport)) is record
+                assert stack.host.tw.get(tw_key(SERVER_PORT, lport)) == record   # the same record (still)
                 assert stack.host.ports.holders(lport) == 1   # the failed bind let go
                 ls.close()
                 return

@@ -122,6 +122,10 @@ class TimeWaitTable:
         if tw.timer is not None:
             self.host.wheel.cancel(tw.timer)
 
+    def deadline_of(self, tw: TimeWait) -> int:
+        """When the record's timer runs out."""
+        return tw.timer.deadline if tw.timer is not None else 0
+
     def expire(self, tw: TimeWait) -> None:
         """The timer ran out (tw_timer_handler): the record vanishes silently."""
         if self.records.get(tw.key) is tw:
