@@ -25,7 +25,7 @@ from ustack.counters import Counters
 from ustack.sysctl import Sysctl
 from ustack.tcp import states as S
 from ustack.tcp.cong import CA_NAMES, TCP_INFINITE_SSTHRESH
-from ustack.tcp.connection import NEVER, NULL_USER, Connection, ConnectionUser, _after
+from ustack.tcp.connection import NEVER, NULL_USER, Connection, ConnectionUser
 from ustack.tcp.icmp import req_err, tcp_err
 from ustack.tcp.isn import SecretHash
 from ustack.tcp.ports import PortBinding, PortTable
@@ -33,8 +33,7 @@ from ustack.tcp.common import MAX_WSCALE, TCP_DEFAULT_SCALING_RATIO
 from ustack.tcp.rcvwnd import initial_window, initial_wscale, win_from_space
 from ustack.tcp.request import Request, check_req, conn_request, cookie_check, reqsk_timer
 from ustack.tcp.request import drop as drop_request
-from ustack.tcp.timers import T_FIN_WAIT2
-from ustack.tcp.timewait import TW_ACK, TW_RST, TW_SYN, TimeWait, TimeWaitTable
+from ustack.tcp.timewait import TW_ACK, TW_RST, TW_SYN, TimeWait, TimeWaitTable, reuse_isn
 from ustack.tcp.twtable import CompactTable
 from ustack.wire import int_to_ip, ip_to_int
 
@@ -223,7 +222,6 @@ class Host:
         self.reqs: dict[int, Request] = {}    # half-open connections (tcp/request.py)
         self.listeners: dict[int, Listener] = {}
         self.ports = PortTable(self)        # who holds each local port (bind buckets)
-        self.peer_ts: dict[int, tuple[int, int]] = {}   # tcp_tw_recycle: addr -> (TSval, when)
         self.challenge_second = -1          # host-wide challenge ACK budget (RFC 5961)
         self.challenge_count = 0
         self.outbox: list[bytes] = []
@@ -386,7 +384,7 @@ class Host:
                     return
                 verdict = TW_ACK  # no listener: answered like any out-of-window segment
             if verdict == TW_ACK:
-                self._timewait_ack(tw)
+                self.tw.send_ack(tw)
             elif verdict == TW_RST:
                 self.send_reset_for(seg)
                 self.tw.kill(tw)  # tcp_v4_rcv: TCP_TW_RST also ends the record
@@ -422,7 +420,7 @@ class Host:
             return
         if not flags & SYN:
             return
-        if isn is None and self.sysctl["ustack.tcp_tw_recycle"] and not self._peer_proven(seg):
+        if isn is None and self.sysctl["ustack.tcp_tw_recycle"] and not self.tw.peer_proven(seg):
             mib["UstackExtPAWSPassive"] += 1
             return
         conn_request(self, listener, seg, isn)   # a request socket (tcp/request.py)
@@ -439,15 +437,6 @@ class Host:
         self.conns[conn.key] = conn
         conn.accept_request(req)
         conn.on_segment(seg)
-
-    def _timewait_ack(self, tw: TimeWait) -> None:
-        """Linux tcp_v4_timewait_ack: ACK from the record's numbers."""
-        ts_val = None
-        if tw.ts_recent:  # tcp_v4_send_ack adds the option only when there is a TSecr
-            ts_val = (self.now + tw.ts_off) & M32
-        self.output(build_tcp(tw.laddr, tw.raddr, tw.lport, tw.rport, tw.snd_nxt, tw.rcv_nxt,
-                              ACK, tw.rcv_wnd >> tw.rcv_wscale, ts_val=ts_val,
-                              ts_ecr=tw.ts_recent, ttl=self.ttl))
 
     def send_reset_for(self, seg: Any) -> None:
         """RST for a segment that has no connection (RFC 9293 §3.10.7.1; tcp_v4_send_reset)."""
@@ -542,7 +531,7 @@ class Host:
         if tw is not None:
             # tcp_twsk_unique: start above anything the old incarnation sent, keep its PAWS
             # state; the record goes (TWRecycled)
-            iss = (tw.snd_nxt + 65535 + 2) & 0xFFFFFFFF or 1
+            iss = reuse_isn(tw)
             ts_recent = (tw.ts_recent, tw.ts_recent_stamp)
             self.mib["TcpExtTWRecycled"] += 1
             self.tw.kill(tw)
@@ -636,86 +625,6 @@ class Host:
         retries = self.sysctl["net.ipv4.tcp_orphan_retries"]
         return retries if retries or not alive else 8
 
-    def fin_time(self, conn: Connection) -> int:
-        """Linux tcp_fin_time(): the FIN-WAIT-2 lifetime in ms, at least 3.5 RTO."""
-        fin_timeout = conn.linger2 if conn.linger2 is not None and conn.linger2 > 0 else \
-            self.sysctl["net.ipv4.tcp_fin_timeout"]
-        tmo = fin_timeout * 1000
-        rto = conn.rto
-        return max(tmo, (rto << 2) - (rto >> 1))
-
-    def fin_wait2_after_ack(self, conn: Connection, seg: Any) -> bool:
-        """An orphan's FIN was acknowledged (tcp_rcv_state_process, case TCP_FIN_WAIT1).
-        Returns False when the segment is consumed (the connection is gone)."""
-        if conn.linger2 is not None and conn.linger2 < 0:
-            self.mib["TcpExtTCPAbortOnData"] += 1
-            self.send_reset_for(seg)
-            conn._destroy(None, notify=False)
-            return False
-        seg_len = len(seg.payload) + (1 if seg.flags & FIN else 0)
-        if seg_len and _after((seg.seq + len(seg.payload)) & M32, conn.rcv_nxt):
-            # new data (or an out-of-order FIN) after close(): reset
-            self.mib["TcpExtTCPAbortOnData"] += 1
-            self.send_reset_for(seg)
-            conn._destroy(None, notify=False)
-            return False
-        tmo = self.fin_time(conn)
-        twlen = self.tw.timewait_len()
-        if tmo > twlen:
-            conn.t_misc = self.now + tmo - twlen
-            conn.misc_kind = T_FIN_WAIT2
-        elif seg.flags & FIN:
-            # "Bad case": keep the full socket so the FIN in this segment is not lost
-            conn.t_misc = self.now + tmo
-            conn.misc_kind = T_FIN_WAIT2
-        else:
-            self.enter_timewait(conn, S.FIN_WAIT_2, tmo)
-            return False
-        return True
-
-    def fin_wait2_entered(self, conn: Connection) -> None:
-        """close() found the connection in FIN-WAIT-2 already (Linux tcp_close)."""
-        if not conn.orphan or conn.state != S.FIN_WAIT_2:
-            return  # after shutdown() FIN-WAIT-2 lasts for ever, as in Linux
-        if conn.linger2 is not None and conn.linger2 < 0:
-            self.mib["TcpExtTCPAbortOnLinger"] += 1
-            conn._send_rst()
-            conn._destroy(None, notify=False)
-            return
-        tmo = self.fin_time(conn)
-        twlen = self.tw.timewait_len()
-        if tmo > twlen:
-            conn.t_misc = self.now + tmo - twlen
-            conn.misc_kind = T_FIN_WAIT2
-            conn._arm()
-        else:
-            self.enter_timewait(conn, S.FIN_WAIT_2, tmo)
-
-    def fin_wait2_timer(self, conn: Connection) -> None:
-        """tcp_keepalive_timer for an orphan in FIN-WAIT-2."""
-        tmo = self.fin_time(conn) - self.tw.timewait_len()
-        if tmo > 0:
-            self.enter_timewait(conn, S.FIN_WAIT_2, tmo)
-        else:
-            conn._send_rst()
-            conn._destroy(None, notify=False)
-
-    def enter_timewait(self, conn: Connection, substate: int, lifetime: int | None = None) -> None:
-        """Linux tcp_time_wait(): the connection becomes a small record (or just closes)."""
-        rto = conn.rto
-        rto35 = (rto << 2) - (rto >> 1)
-        if self.sysctl["ustack.tcp_tw_recycle"] and conn.ts_ok:
-            # Linux < 4.12 with tcp_tw_recycle: remember the peer's clock, and TIME-WAIT
-            # lasts 3.5 RTO only (tcp_remember_stamp, tcp_time_wait's recycle_ok)
-            self._remember_stamp(conn)
-            lifetime = max(lifetime or 0, rto35)
-        elif substate == S.TIME_WAIT:
-            lifetime = self.tw.timewait_len()
-        else:
-            lifetime = max(lifetime or 0, rto35)
-        self.tw.enter(conn, substate, lifetime)
-        conn._destroy(None)
-
     def challenge_ack_allowed(self) -> bool:
         """The host-wide RFC 5961 limit of tcp_send_challenge_ack: each second a budget drawn
         at random from [limit/2, 1.5 x limit) (so an attacker cannot count it exactly)."""
@@ -732,27 +641,10 @@ class Host:
             return True
         return False
 
-    # ------------------------------------------------------------------ tcp_tw_recycle
-    def _remember_stamp(self, conn: Connection) -> None:
-        """Linux < 4.12 tcp_remember_stamp: keep the newest TSval seen from this peer address
-        (or replace one older than TCP_PAWS_MSL)."""
-        old = self.peer_ts.get(conn.raddr)
-        if old is None or ((old[0] - conn.ts_recent) & M32) == 0 or \
-                ((old[0] - conn.ts_recent) & M32) > 0x7FFFFFFF or \
-                (self.now - old[1] > 60_000 and old[1] <= conn.ts_recent_stamp):
-            self.peer_ts[conn.raddr] = (conn.ts_recent, conn.ts_recent_stamp)
-
-    def _peer_proven(self, seg: Any) -> bool:
-        """Linux < 4.12 tcp_peer_is_proven(paws_check): a SYN from an address whose TSval was
-        cached in the last 60 s must carry a TSval no more than 1 below it (and must carry
-        one at all).  This is what breaks clients behind one NAT."""
-        cached = self.peer_ts.get(seg.src)
-        if cached is None or self.now - cached[1] >= 60_000:
-            return True
-        if not seg.has_ts:
-            return False
-        diff = (cached[0] - seg.ts_val) & M32
-        return not (0 < diff < 0x80000000 and diff > 1)
+    @property
+    def peer_ts(self) -> dict[int, tuple[int, int]]:
+        """tcp_tw_recycle's per-address timestamp cache (kept by the TIME-WAIT table)."""
+        return self.tw.peer_ts
 
     # ------------------------------------------------------------------ visibility
     def connections(self) -> list[ConnInfo]:

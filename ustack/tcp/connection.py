@@ -464,7 +464,7 @@ class Connection(ReceiveSide, SendSide):
             elif kind == T_FIN_WAIT2:
                 # tcp_keepalive_timer for an orphan in FIN-WAIT-2 whose timeout is longer than
                 # TIME-WAIT: after waiting (timeout - TIME-WAIT length) it becomes a record.
-                self.host.fin_wait2_timer(self)
+                self.host.tw.fin_wait2_timer(self)
         if self.state != S.CLOSED:
             self._arm()
         self._deliver()
@@ -1237,10 +1237,10 @@ class Connection(ReceiveSide, SendSide):
         if self.fin_queued and self.snd_una == (self.fin_seq + 1) & M32:
             if state == S.FIN_WAIT_1:
                 self._set_state(S.FIN_WAIT_2)
-                if self.orphan and not host.fin_wait2_after_ack(self, seg):
+                if self.orphan and not host.tw.fin_wait2_after_ack(self, seg):
                     return False
             elif state == S.CLOSING:
-                host.enter_timewait(self, S.TIME_WAIT)
+                host.tw.time_wait(self, S.TIME_WAIT)
                 return False
             elif state == S.LAST_ACK:
                 self._destroy(None)
@@ -1487,7 +1487,7 @@ class Connection(ReceiveSide, SendSide):
             self._set_state(S.CLOSING)
         elif state == S.FIN_WAIT_2:
             self.send_ack()
-            self.host.enter_timewait(self, S.TIME_WAIT)
+            self.host.tw.time_wait(self, S.TIME_WAIT)
 
     # ------------------------------------------------------------------ user calls
     def send(self, data: bytes | bytearray | memoryview, limit: bool = False, *,
@@ -1629,7 +1629,7 @@ class Connection(ReceiveSide, SendSide):
         self.orphan = True
         host.orphaned(self)
         if self.state == S.FIN_WAIT_2:
-            host.fin_wait2_entered(self)   # may hand it to TIME-WAIT before the check
+            host.tw.fin_wait2_entered(self)   # may hand it to TIME-WAIT before the check
         if self.state != S.CLOSED:
             host.check_oom_on_close(self)
         if self.state != S.CLOSED:

@@ -1,9 +1,13 @@
 """TIME-WAIT: the small record that outlives a connection (Linux net/ipv4/tcp_minisocks.c).
 
 Everything about a connection after it reaches TIME-WAIT — or, as an orphan, FIN-WAIT-2 — is in
-this file: the record, its table, and `process()`, which is Linux's tcp_timewait_state_process()
-rule by rule.  A record is not a connection: it holds only what those rules read (RFC 9293
-§3.6.1 and Linux's struct tcp_timewait_sock).
+this file: how a connection becomes a record (`time_wait`, Linux's tcp_time_wait, and the
+FIN-WAIT-2 hand-off of an orphan: tcp_fin_time, the keepalive timer's wait), the record, its
+table, `process()`, which is Linux's tcp_timewait_state_process() rule by rule, the ACK a record
+sends, who may take its 4-tuple over (`unique`, tcp_twsk_unique, and the new ISN,
+`reuse_isn`), and tcp_tw_recycle's per-address timestamp cache.  A record is not a connection:
+it holds only what those rules read (RFC 9293 §3.6.1 and Linux's struct tcp_timewait_sock).
+twtable.py keeps the same records compactly.
 
 The lengths: TIME-WAIT lasts `ustack.tcp_timewait_len` seconds (Linux's fixed TCP_TIMEWAIT_LEN,
 60 s); the FIN-WAIT-2 substate lasts tcp_fin_timeout (or the socket's TCP_LINGER2).
@@ -12,9 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ustack._segment import ACK, FIN, RST, SYN
+from ustack._segment import ACK, FIN, RST, SYN, build_tcp
 from ustack.tcp import states as S
 from ustack.tcp.paws import paws_reject
+from ustack.tcp.timers import T_FIN_WAIT2
 
 if TYPE_CHECKING:  # pragma: no cover
     from ustack.host import Host
@@ -80,11 +85,13 @@ class TimeWait:
 class TimeWaitTable:
     """The records by 4-tuple key, with their expiry on the host's timer wheel."""
 
-    __slots__ = ("host", "records")
+    __slots__ = ("host", "records", "peer_ts")
 
     def __init__(self, host: "Host") -> None:
         self.host = host
         self.records: dict[int, TimeWait] = {}
+        # tcp_tw_recycle (Linux < 4.12): the newest TSval seen per peer address, and when
+        self.peer_ts: dict[int, tuple[int, int]] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -154,6 +161,118 @@ class TimeWaitTable:
             return False
         threshold = tw.entered + host.sysctl["net.ipv4.tcp_tw_reuse_delay"]
         return _after(host.now & M32, threshold & M32)
+
+    # -------------------------------------------------------------- entering (tcp_time_wait)
+    def fin_time(self, conn: Any) -> int:
+        """Linux tcp_fin_time(): the FIN-WAIT-2 lifetime in ms, at least 3.5 RTO."""
+        fin_timeout = conn.linger2 if conn.linger2 is not None and conn.linger2 > 0 else \
+            self.host.sysctl["net.ipv4.tcp_fin_timeout"]
+        tmo = fin_timeout * 1000
+        rto = conn.rto
+        return max(tmo, (rto << 2) - (rto >> 1))
+
+    def fin_wait2_after_ack(self, conn: Any, seg: Any) -> bool:
+        """An orphan's FIN was acknowledged (tcp_rcv_state_process, case TCP_FIN_WAIT1).
+        Returns False when the segment is consumed (the connection is gone)."""
+        if conn.linger2 is not None and conn.linger2 < 0:
+            self.host.mib["TcpExtTCPAbortOnData"] += 1
+            self.host.send_reset_for(seg)
+            conn._destroy(None, notify=False)
+            return False
+        seg_len = len(seg.payload) + (1 if seg.flags & FIN else 0)
+        if seg_len and _after((seg.seq + len(seg.payload)) & M32, conn.rcv_nxt):
+            # new data (or an out-of-order FIN) after close(): reset
+            self.host.mib["TcpExtTCPAbortOnData"] += 1
+            self.host.send_reset_for(seg)
+            conn._destroy(None, notify=False)
+            return False
+        tmo = self.fin_time(conn)
+        twlen = self.timewait_len()
+        if tmo > twlen:
+            conn.t_misc = self.host.now + tmo - twlen
+            conn.misc_kind = T_FIN_WAIT2
+        elif seg.flags & FIN:
+            # "Bad case": keep the full socket so the FIN in this segment is not lost
+            conn.t_misc = self.host.now + tmo
+            conn.misc_kind = T_FIN_WAIT2
+        else:
+            self.time_wait(conn, S.FIN_WAIT_2, tmo)
+            return False
+        return True
+
+    def fin_wait2_entered(self, conn: Any) -> None:
+        """close() found the connection in FIN-WAIT-2 already (Linux tcp_close)."""
+        if not conn.orphan or conn.state != S.FIN_WAIT_2:
+            return  # after shutdown() FIN-WAIT-2 lasts for ever, as in Linux
+        if conn.linger2 is not None and conn.linger2 < 0:
+            self.host.mib["TcpExtTCPAbortOnLinger"] += 1
+            conn._send_rst()
+            conn._destroy(None, notify=False)
+            return
+        tmo = self.fin_time(conn)
+        twlen = self.timewait_len()
+        if tmo > twlen:
+            conn.t_misc = self.host.now + tmo - twlen
+            conn.misc_kind = T_FIN_WAIT2
+            conn._arm()
+        else:
+            self.time_wait(conn, S.FIN_WAIT_2, tmo)
+
+    def fin_wait2_timer(self, conn: Any) -> None:
+        """tcp_keepalive_timer for an orphan in FIN-WAIT-2."""
+        tmo = self.fin_time(conn) - self.timewait_len()
+        if tmo > 0:
+            self.time_wait(conn, S.FIN_WAIT_2, tmo)
+        else:
+            conn._send_rst()
+            conn._destroy(None, notify=False)
+
+    def time_wait(self, conn: Any, substate: int, lifetime: int | None = None) -> None:
+        """Linux tcp_time_wait(): the connection becomes a small record (or just closes)."""
+        rto = conn.rto
+        rto35 = (rto << 2) - (rto >> 1)
+        if self.host.sysctl["ustack.tcp_tw_recycle"] and conn.ts_ok:
+            # Linux < 4.12 with tcp_tw_recycle: remember the peer's clock, and TIME-WAIT
+            # lasts 3.5 RTO only (tcp_remember_stamp, tcp_time_wait's recycle_ok)
+            self.remember_stamp(conn)
+            lifetime = max(lifetime or 0, rto35)
+        elif substate == S.TIME_WAIT:
+            lifetime = self.timewait_len()
+        else:
+            lifetime = max(lifetime or 0, rto35)
+        self.enter(conn, substate, lifetime)
+        conn._destroy(None)
+
+    def send_ack(self, tw: TimeWait) -> None:
+        """Linux tcp_v4_timewait_ack: ACK from the record's numbers."""
+        ts_val = None
+        if tw.ts_recent:  # tcp_v4_send_ack adds the option only when there is a TSecr
+            ts_val = (self.host.now + tw.ts_off) & M32
+        self.host.output(build_tcp(tw.laddr, tw.raddr, tw.lport, tw.rport, tw.snd_nxt, tw.rcv_nxt,
+                              ACK, tw.rcv_wnd >> tw.rcv_wscale, ts_val=ts_val,
+                              ts_ecr=tw.ts_recent, ttl=self.host.ttl))
+
+    # -------------------------------------------------------------- tcp_tw_recycle
+    def remember_stamp(self, conn: Any) -> None:
+        """Linux < 4.12 tcp_remember_stamp: keep the newest TSval seen from this peer address
+        (or replace one older than TCP_PAWS_MSL)."""
+        old = self.peer_ts.get(conn.raddr)
+        if old is None or ((old[0] - conn.ts_recent) & M32) == 0 or \
+                ((old[0] - conn.ts_recent) & M32) > 0x7FFFFFFF or \
+                (self.host.now - old[1] > 60_000 and old[1] <= conn.ts_recent_stamp):
+            self.peer_ts[conn.raddr] = (conn.ts_recent, conn.ts_recent_stamp)
+
+    def peer_proven(self, seg: Any) -> bool:
+        """Linux < 4.12 tcp_peer_is_proven(paws_check): a SYN from an address whose TSval was
+        cached in the last 60 s must carry a TSval no more than 1 below it (and must carry
+        one at all).  This is what breaks clients behind one NAT."""
+        cached = self.peer_ts.get(seg.src)
+        if cached is None or self.host.now - cached[1] >= 60_000:
+            return True
+        if not seg.has_ts:
+            return False
+        diff = (cached[0] - seg.ts_val) & M32
+        return not (0 < diff < 0x80000000 and diff > 1)
 
     # -------------------------------------------------------------- the rules
     def _oow_rate_limited(self, tw: TimeWait, seg: Any, mib_name: str) -> bool:
@@ -231,8 +350,7 @@ class TimeWaitTable:
         if flags & SYN and not flags & RST and not flags & ACK and not paws and (
                 _after(seq, tw.rcv_nxt) or
                 (saw_tstamp and ((tw.ts_recent - seg.ts_val) & M32) > 0x7FFFFFFF)):
-            isn = (tw.snd_nxt + 65535 + 2) & M32
-            tw.syn_isn = isn or 1
+            tw.syn_isn = reuse_isn(tw)
             return TW_SYN
         if paws:
             host.mib["TcpExtPAWSTimewait"] += 1  # LINUX_MIB_PAWS_TW_REJECTED
@@ -248,6 +366,13 @@ class TimeWaitTable:
                 return TW_SUCCESS
             return self._oow_ack(tw, seg, "TcpExtTCPACKSkippedTimeWait")
         return TW_SUCCESS
+
+
+def reuse_isn(tw: Any) -> int:
+    """The ISN of a new incarnation of a TIME-WAIT 4-tuple, passive (a SYN the record lets in)
+    or active (connect() taking it over): beyond anything the old one sent, snd_nxt + 65535
+    + 2, never 0 (tcp_timewait_state_process, tcp_twsk_unique)."""
+    return ((tw.snd_nxt + 65535 + 2) & M32) or 1
 
 
 def _in_window(seq: int, end_seq: int, s_win: int, e_win: int) -> bool:
