@@ -71,6 +71,38 @@ def check_scoreboard(conn) -> None:
     assert conn.cwnd >= 1
 
 
+class Wire:
+    """Two hosts joined through an Impairment each way, under virtual time: `carry()` takes
+    what the hosts sent onto the wire, `step()` moves time to the next event (a packet's
+    arrival or a timer) and delivers what is due; None when nothing is left to happen."""
+
+    def __init__(self, ha: Host, hb: Host, a_to_b: Impairment, b_to_a: Impairment) -> None:
+        self.routes = ((ha, hb, a_to_b), (hb, ha, b_to_a))
+        self.queue: list = []
+        self.order = 0
+
+    def carry(self, now: int) -> None:
+        for src, dst, imp in self.routes:
+            for pkt in src.take_output():
+                for delay, data in imp.apply(pkt):
+                    self.order += 1
+                    heapq.heappush(self.queue, (now + 1 + int(delay), self.order, dst, data))
+
+    def step(self, now: int) -> int | None:
+        (ha, hb, _), _ = self.routes
+        times = [t for t in (self.queue[0][0] if self.queue else None, ha.next_deadline(),
+                             hb.next_deadline()) if t is not None]
+        if not times:
+            return None
+        now = max(now, min(times))
+        ha.advance(now)
+        hb.advance(now)
+        while self.queue and self.queue[0][0] <= now:
+            _, _, dst, data = heapq.heappop(self.queue)
+            dst.receive(data)
+        return now
+
+
 def run_transfer(seed: int, size: int, sysctl: dict, **impair) -> tuple[bytes, bytes, dict]:
     rng = random.Random(seed)
     payload = rng.randbytes(size)
@@ -79,17 +111,7 @@ def run_transfer(seed: int, size: int, sysctl: dict, **impair) -> tuple[bytes, b
     sink = Sink()
     acceptor = Acceptor(sink)
     hb.listen(80, user=acceptor)
-    a_to_b = Impairment(seed=seed, **impair)
-    b_to_a = Impairment(seed=seed + 7, **impair)
-    wire: list[tuple[int, int, Host, bytes]] = []
-    order = 0
-
-    def carry(src: Host, dst: Host, imp: Impairment, now: int) -> None:
-        nonlocal order
-        for pkt in src.take_output():
-            for delay, data in imp.apply(pkt):
-                order += 1
-                heapq.heappush(wire, (now + 1 + int(delay), order, dst, data))
+    wire = Wire(ha, hb, Impairment(seed=seed, **impair), Impairment(seed=seed + 7, **impair))
 
     sender = ha.connect(B, 80)
     sent = 0
@@ -101,22 +123,15 @@ def run_transfer(seed: int, size: int, sysctl: dict, **impair) -> tuple[bytes, b
             sent += sender.send(payload[sent:sent + 65536], limit=True)
             if sent == size:
                 sender.shutdown_write()
-        carry(ha, hb, a_to_b, now)
-        carry(hb, ha, b_to_a, now)
-        if sender.state_name != "CLOSED" and sender.rec.rtx is not None:
+        wire.carry(now)
+        if sender.state_name != "CLOSED":
             check_scoreboard(sender)
         if sink.eof:
             break
-        times = [t for t in (wire[0][0] if wire else None, ha.next_deadline(),
-                             hb.next_deadline()) if t is not None]
-        if not times:
+        step = wire.step(now)
+        if step is None:
             break
-        now = max(now, min(times))
-        ha.advance(now)
-        hb.advance(now)
-        while wire and wire[0][0] <= now:
-            _, _, dst, data = heapq.heappop(wire)
-            dst.receive(data)
+        now = step
     return payload, bytes(sink.data), {"a": ha.mib, "b": hb.mib, "eof": sink.eof}
 
 
@@ -177,15 +192,13 @@ def test_many_clients_through_a_small_backlog(case, syncookies):
     acceptor = MultiAcceptor()
     hb.listen(80, backlog=2, user=acceptor)
     imp = IMPAIRMENTS[case]
-    a_to_b, b_to_a = Impairment(seed=seed, **imp), Impairment(seed=seed + 7, **imp)
+    wire = Wire(ha, hb, Impairment(seed=seed, **imp), Impairment(seed=seed + 7, **imp))
     payloads = {}
     senders = []
     for _ in range(12):
         conn = ha.connect(B, 80)
         payloads[conn.lport] = rng.randbytes(20_000)
         senders.append([conn, 0])
-    wire: list = []
-    order = 0
     now = ha.now
     deadline = now + 900_000
     while now < deadline:
@@ -196,23 +209,13 @@ def test_many_clients_through_a_small_backlog(case, syncookies):
                 s[1] += conn.send(data[sent:sent + 65536], limit=True)
                 if s[1] == len(data):
                     conn.shutdown_write()
-        for src, dst, imp_ in ((ha, hb, a_to_b), (hb, ha, b_to_a)):
-            for pkt in src.take_output():
-                for delay, d in imp_.apply(pkt):
-                    order += 1
-                    heapq.heappush(wire, (now + 1 + int(delay), order, dst, d))
+        wire.carry(now)
         if len(acceptor.sinks) == 12 and all(s.eof for s in acceptor.sinks.values()):
             break
-        times = [t for t in (wire[0][0] if wire else None, ha.next_deadline(),
-                             hb.next_deadline()) if t is not None]
-        if not times:
+        step = wire.step(now)
+        if step is None:
             break
-        now = max(now, min(times))
-        ha.advance(now)
-        hb.advance(now)
-        while wire and wire[0][0] <= now:
-            _, _, dst, d = heapq.heappop(wire)
-            dst.receive(d)
+        now = step
     strict = not syncookies and case != "all"
     if strict:
         assert len(acceptor.sinks) == 12, (len(acceptor.sinks), dict(hb.mib))
