@@ -54,7 +54,7 @@ class Listener:
     """A LISTEN socket: a port, a backlog and the queue of established children."""
 
     __slots__ = ("host", "port", "backlog", "user", "accept_queue", "qlen", "young", "closed",
-                 "binding", "group", "_rwin", "last_overflow")
+                 "binding", "group", "_rwin", "last_overflow", "child_options")
 
     def __init__(self, host: "Host", binding: PortBinding, backlog: int,
                  user: ListenerUser) -> None:
@@ -66,8 +66,10 @@ class Listener:
         self.accept_queue: deque[Connection] = deque()
         self.qlen = 0        # request sockets (half-open connections) of this listener
         self.young = 0       # ... of which have not timed out yet
-        self._rwin: dict[int, tuple[int, int]] = {}
+        self._rwin: dict[tuple[int, int | None], tuple[int, int]] = {}
         self.last_overflow = -(1 << 40)   # when the SYN queue last overflowed (cookies sent)
+        # socket options the children get when they are created (Linux clones the listener)
+        self.child_options: dict[str, Any] = {}
         self.closed = False
         # the SO_REUSEPORT listeners of this port, in the order they started listening
         self.group: list[Listener] = [self]
@@ -96,13 +98,17 @@ class Listener:
     def initial_rwin(self, mss: int) -> tuple[int, int]:
         """The SYN-ACK's window and window scale for segments of `mss` (tcp_openreq_init_rwin:
         what a new socket with the default receive buffer offers)."""
-        got = self._rwin.get(mss)
+        rcvbuf = self.child_options.get("rcvbuf")
+        got = self._rwin.get((mss, rcvbuf))
         if got is None:
             sysctl = self.host.sysctl
-            full = win_from_space(sysctl["net.ipv4.tcp_rmem"][1], TCP_DEFAULT_SCALING_RATIO)
+            full = win_from_space(rcvbuf or sysctl["net.ipv4.tcp_rmem"][1],
+                                  TCP_DEFAULT_SCALING_RATIO)
             clamp = 65535 << MAX_WSCALE
-            got = self._rwin[mss] = (initial_window(full, clamp, mss),
-                                     initial_wscale(sysctl, full, clamp))
+            if rcvbuf is not None:
+                clamp = min(clamp, full)    # SO_RCVBUF locked: it clamps the window
+            got = self._rwin[(mss, rcvbuf)] = (initial_window(full, clamp, mss),
+                                               initial_wscale(sysctl, full, clamp))
         return got
 
     def accept(self) -> Connection | None:
@@ -432,6 +438,8 @@ class Host:
         drop_request(req)
         conn = Connection(self, req.raddr, req.rport, req.lport, NULL_USER)
         conn.listener = listener
+        if listener.child_options:
+            conn.apply_options(listener.child_options)
         conn.reuseaddr = listener.reuseaddr
         conn.binding = listener.binding.share()   # inet_inherit_port
         self.conns[conn.key] = conn
@@ -539,8 +547,7 @@ class Host:
         conn.binding = binding
         conn.reuseaddr = binding.reuseaddr
         if options:
-            for k, v in options.items():
-                setattr(conn, k, v)
+            conn.apply_options(options)
         self.conns[conn.key] = conn
         if iss is None:
             iss = self.secret.isn(self.address, raddr, port, rport, self.now)

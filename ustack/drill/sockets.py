@@ -29,6 +29,7 @@ import errno as _errno
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from ustack.tcp import sock as _sock
 from ustack.tcp import states as S
 
 from .ast import (
@@ -105,23 +106,9 @@ POLLIN, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x4, 0x8, 0x10, 0x20
 POLLRDNORM, POLLWRNORM, POLLRDHUP = 0x40, 0x100, 0x2000
 MSG_PEEK, MSG_DONTWAIT, MSG_EOR, MSG_MORE = 0x2, 0x40, 0x80, 0x8000
 
-# What the ustack core does not offer that a socket call needs; the emulation's minimum
-# workaround is described with each.  Runners print these notes when the script uses them.
-CORE_GAPS: dict[str, str] = {
-    "listener_options": "Host.listen() takes no socket options for the children it creates "
-                        "(SO_RCVBUF/SO_SNDBUF/TCP_NODELAY/SO_LINGER/TCP_LINGER2 set on the "
-                        "listening socket): the emulation copies them onto a child at accept(), "
-                        "so the SYN-ACK's window ignores a listener's SO_RCVBUF",
-    "keepalive": "SO_KEEPALIVE/TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT are stored but the ustack "
-                 "core has no keepalive timer",
-    "peek": "Connection has no peek: MSG_PEEK reads Connection.rcv_buf directly",
-    "child_reset_before_accept": "a child reset before accept() is removed from the accept "
-                                 "queue by the core (Linux keeps it and accept() returns it)",
-    "outq_nsd": "SIOCOUTQNSD reads Connection.sndq/snd_nxt/snd_una directly",
-    "buffers": "SO_SNDBUF sets Connection.sndbuf to the requested byte count (ustack counts "
-               "payload bytes, Linux counts memory: half of the doubled value); getsockopt "
-               "reports Linux's doubled value",
-}
+# What the ustack core does not offer that a socket call needs (ustack.tcp.sock notes them);
+# runners print these notes when the script runs into them.
+CORE_GAPS: dict[str, str] = dict(_sock.GAPS)
 
 
 class SysError(Exception):
@@ -578,56 +565,23 @@ def poll_bits(v: int) -> str:
 # --------------------------------------------------------------------------- ustack sockets
 
 
-@dataclass
-class _Sock:
-    """One fd of the emulation: Linux's struct socket + the bits of struct sock it needs."""
-    fd: int
-    nonblock: bool = False
-    port: int | None = None            # bound local port (explicit bind or autobind)
-    binding: Any = None                # ustack.tcp.ports.PortBinding until listen()/connect()
-    explicit_port: bool = False        # bind() chose the port (Linux SOCK_BINDPORT_LOCK)
-    listener: Any = None               # ustack.host.Listener
-    conn: Any = None                   # ustack.tcp.connection.Connection
-    connecting: bool = False           # SS_CONNECTING
-    connected: bool = False            # SS_CONNECTED
-    err_taken: bool = False            # conn.error moved to so_error already
-    so_error: int = 0                  # pending sk_err
-    shut_rd: bool = False
-    shut_wr: bool = False
-    reuseaddr: bool = False
-    reuseport: bool = False
-    linger: tuple[int, int] = (0, 0)
-    rcvbuf: int | None = None          # what setsockopt asked (bytes)
-    sndbuf: int | None = None
-    nodelay: bool = False
-    linger2: int | None = None         # seconds; -1 = reset at once
-    user_timeout: int = 0
-    user_mss: int = 0
-    cork: bool = False
-    keepalive: bool = False
-    other: dict[tuple[int, int], Any] = field(default_factory=dict)
-    write_done: int = 0                # bytes a blocking write has queued so far
-
-
 class UstackSockets:
-    """Linux socket calls over a ustack :class:`~ustack.host.Host` (no I/O, no clock).
+    """Linux socket calls over a ustack :class:`~ustack.host.Host` (no I/O, no clock): an fd
+    table of :class:`ustack.tcp.sock.Socket` objects, the one socket layer the asyncio adapter
+    uses too.  Its errors become ``-1 ERRNO``, its sleeps :class:`WouldBlock`.
 
-    ``now_us`` is the runner's clock (for SO_LINGER's and poll's deadlines).  ``remote``
-    is the address a ``connect()`` goes to (the script's side).
+    ``now_us`` is the runner's clock (for SO_LINGER's deadline).  ``remote`` is the address a
+    ``connect()`` goes to (the script's side).
     """
-
-    SOCK_MIN_RCVBUF = 2304     # Linux: 2048 + sizeof(struct sk_buff) rounded
-    SOCK_MIN_SNDBUF = 4608
 
     def __init__(self, host: Any, remote: int, now_us: Callable[[], int]) -> None:
         self.host = host
         self.remote = remote
         self.now_us = now_us
-        self.socks: dict[int, _Sock] = {}
+        self.socks: dict[int, _sock.Socket] = {}
         self.notes: set[str] = set()       # CORE_GAPS keys the script ran into
 
-    # -- helpers
-    def _get(self, fd: int) -> _Sock:
+    def _get(self, fd: int) -> _sock.Socket:
         s = self.socks.get(fd)
         if s is None:
             raise SysError(_errno.EBADF)
@@ -639,64 +593,27 @@ class UstackSockets:
             fd += 1
         return fd
 
-    def _sync_error(self, s: _Sock) -> None:
-        """Move a connection's error to the socket's pending error once (sk_err)."""
-        conn = s.conn
-        if conn is not None and not s.err_taken and conn.error is not None:
-            s.err_taken = True
-            s.so_error = getattr(conn.error, "errno", None) or _errno.ECONNRESET
+    def _run(self, call: Callable[[], Any], post: Callable[[Any], Any] | None = None) -> Any:
+        """Run a socket-layer call: OSError -> SysError, its WouldBlock -> the runner's (whose
+        retry resumes the call); ``post`` turns the call's result into the syscall's."""
+        deadline: int | None = None
 
-    def _take_error(self, s: _Sock) -> int:
-        self._sync_error(s)
-        e = s.so_error
-        s.so_error = 0
-        return e
-
-    def _state(self, s: _Sock) -> int:
-        if s.listener is not None:
-            return S.LISTEN
-        if s.conn is None:
-            return S.CLOSED
-        return s.conn.state
-
-    def _release_port(self, s: _Sock) -> None:
-        if s.binding is not None:
-            s.binding.release()
-            s.binding = None
-
-    def _bindings(self, s: _Sock) -> list[Any]:
-        out = [s.binding]
-        if s.listener is not None:
-            out.append(s.listener.binding)
-        if s.conn is not None:
-            out.append(s.conn.binding)
-        return [b for b in out if b is not None]
-
-    def _sk_rcvbuf(self, s: _Sock) -> int:
-        """__sock_set_rcvbuf: capped at net.core.rmem_max, doubled (the kernel's bookkeeping
-        overhead), at least SOCK_MIN_RCVBUF."""
-        v = min(s.rcvbuf or 0, self.host.sysctl["net.core.rmem_max"])
-        return max(v * 2, self.SOCK_MIN_RCVBUF)
-
-    def _conn_options(self, s: _Sock) -> dict[str, Any]:
-        opts: dict[str, Any] = {"nodelay": s.nodelay, "reuseaddr": s.reuseaddr,
-                                "user_timeout": s.user_timeout, "user_mss": s.user_mss,
-                                "cork": s.cork}
-        if s.linger2 is not None:
-            opts["linger2"] = s.linger2
-        if s.rcvbuf is not None:
-            opts["rcvbuf"] = self._sk_rcvbuf(s)
-            opts["rcvbuf_locked"] = True
-        if s.sndbuf is not None:
-            opts["sndbuf"] = s.sndbuf
-            opts["sndbuf_locked"] = True
-        lowat = s.other.get((SYMBOLS["SOL_TCP"], SYMBOLS["TCP_NOTSENT_LOWAT"]))
-        if lowat is not None:
-            opts["notsent_lowat"] = lowat
-        cc = s.other.get((SYMBOLS["SOL_TCP"], SYMBOLS["TCP_CONGESTION"]))
-        if cc is not None:
-            opts["congestion_control"] = cc
-        return opts
+        def attempt(fn: Callable[[], Any]) -> Any:
+            nonlocal deadline
+            try:
+                got = fn()
+            except _sock.WouldBlock as wb:
+                if wb.timeout_s is not None and deadline is None:
+                    deadline = self.now_us() + int(wb.timeout_s * 1_000_000)
+                retry = wb.retry
+                raise WouldBlock(lambda: attempt(retry), deadline_us=deadline,
+                                 timeout_result=wb.timeout_result) from None
+            except OSError as e:
+                if e.errno == _errno.ENOPROTOOPT:
+                    raise DrillUnsupported(f"{e.strerror} on the ustack target") from None
+                raise SysError(e.errno or _errno.EIO) from None
+            return post(got) if post is not None else got
+        return attempt(call)
 
     # -- calls
     def socket(self, domain: int, type_: int, proto: int) -> int:
@@ -709,440 +626,60 @@ class UstackSockets:
         if proto not in (0, SYMBOLS["IPPROTO_TCP"]):
             raise SysError(_errno.EPROTONOSUPPORT)
         fd = self._new_fd()
-        self.socks[fd] = _Sock(fd, nonblock=bool(type_ & SOCK_NONBLOCK))
+        self.socks[fd] = _sock.Socket(self.host, nonblock=bool(type_ & SOCK_NONBLOCK),
+                                      notes=self.notes)
         return fd
 
     def bind(self, fd: int, port: int) -> int:
         s = self._get(fd)
-        if s.port is not None or s.conn is not None or s.listener is not None:
-            raise SysError(_errno.EINVAL)
-        try:
-            s.binding = self.host.bind(port, reuseaddr=s.reuseaddr, reuseport=s.reuseport)
-        except OSError as e:
-            raise SysError(e.errno or _errno.EADDRINUSE)
-        s.port = s.binding.port
-        s.explicit_port = port != 0
-        return 0
+        return self._run(lambda: s.bind(port), _zero)
 
     def listen(self, fd: int, backlog: int) -> int:
         s = self._get(fd)
-        if s.listener is not None:
-            s.listener.backlog = max(1, min(backlog, self.host.sysctl["net.core.somaxconn"]) + 1)
-            return 0
-        if s.conn is not None:
-            raise SysError(_errno.EINVAL)
-        if s.binding is None:
-            try:       # inet_autobind
-                s.binding = self.host.bind(0, reuseaddr=s.reuseaddr, reuseport=s.reuseport)
-            except OSError:
-                raise SysError(_errno.EAGAIN)
-            s.port = s.binding.port
-        try:
-            s.listener = self.host.listen(s.binding, backlog)
-        except OSError as e:
-            raise SysError(e.errno or _errno.EADDRINUSE)
-        s.binding = None          # the listener holds the port now
-        return 0
+        return self._run(lambda: s.listen(backlog), _zero)
 
     def accept(self, fd: int) -> int:
         s = self._get(fd)
-        if s.listener is None:
-            raise SysError(_errno.EINVAL)
 
-        def attempt() -> int:
-            if s.listener is None or s.listener.closed:
-                raise SysError(_errno.EINVAL)
-            conn = s.listener.accept()
-            if conn is None:
-                if s.nonblock:
-                    raise SysError(_errno.EAGAIN)
-                raise WouldBlock(attempt)
+        def placed(child: _sock.Socket) -> int:
             nfd = self._new_fd()
-            child = _Sock(nfd, port=conn.lport, conn=conn, connected=True,
-                          reuseaddr=s.reuseaddr,
-                          linger=s.linger, rcvbuf=s.rcvbuf, sndbuf=s.sndbuf, nodelay=s.nodelay,
-                          linger2=s.linger2, user_timeout=s.user_timeout,
-                          keepalive=s.keepalive)
-            conn.nodelay = s.nodelay
-            conn.user_timeout = s.user_timeout
-            conn.cork = s.cork
-            cc = s.other.get((SYMBOLS["SOL_TCP"], SYMBOLS["TCP_CONGESTION"]))
-            if cc is not None:
-                conn.congestion_control = cc      # inherited from the listener
-            if s.linger2 is not None:
-                conn.linger2 = s.linger2
-            if s.rcvbuf is not None or s.sndbuf is not None or s.linger != (0, 0):
-                self.notes.add("listener_options")
-            if s.sndbuf is not None:
-                conn.sndbuf = s.sndbuf
-                conn.sndbuf_locked = True
-            lowat = s.other.get((SYMBOLS["SOL_TCP"], SYMBOLS["TCP_NOTSENT_LOWAT"]))
-            if lowat is not None:
-                conn.notsent_lowat = lowat
             self.socks[nfd] = child
             return nfd
-        return attempt()
+        return self._run(s.accept, placed)
 
     def connect(self, fd: int, port: int | None) -> int:
         s = self._get(fd)
-        if port is None:
-            return self._disconnect(s)
-        if s.listener is not None:
-            raise SysError(_errno.EINVAL)
-        conn = s.conn
-        if conn is not None:
-            # __inet_stream_connect: the socket's own state (SS_CONNECTING until a connect()
-            # call sees the handshake finished) decides, not only the connection's
-            self._sync_error(s)
-            if s.connecting:
-                if conn.state in (S.SYN_SENT, S.SYN_RECV):
-                    if s.nonblock:
-                        raise SysError(_errno.EALREADY)
-                    return self._connect_wait(s)
-                s.connecting = False
-                if conn.state == S.CLOSED:
-                    err = self._take_error(s) or _errno.ECONNABORTED
-                    s.conn = None           # sock_error: SS_UNCONNECTED, may connect again
-                    raise SysError(err)
-                s.connected = True
-                return 0
-            if s.connected:
-                raise SysError(_errno.EISCONN)
-            s.conn = None                   # SS_UNCONNECTED after a failed connect
-            s.err_taken = False
-        lport: Any = s.binding
-        if lport is None and s.explicit_port and s.port is not None:
-            lport = s.port     # a bound socket keeps its port across failed connects
-        try:
-            conn = self.host.connect(self.remote, port, lport, options=self._conn_options(s))
-        except OSError as e:
-            raise SysError(e.errno or _errno.EADDRNOTAVAIL)
-        s.binding = None          # the connection holds the port now
-        s.conn = conn
-        s.port = conn.lport
-        s.connecting = True
-        if s.nonblock:
-            raise SysError(_errno.EINPROGRESS)
-        return self._connect_wait(s)
-
-    def _connect_wait(self, s: _Sock) -> int:
-        def wait() -> int:
-            c = s.conn
-            if c is None:
-                raise SysError(_errno.ECONNABORTED)
-            if c.state == S.SYN_SENT or c.state == S.SYN_RECV:
-                raise WouldBlock(wait)
-            s.connecting = False
-            if c.state == S.CLOSED:
-                err = self._take_error(s) or _errno.ECONNABORTED
-                s.conn = None
-                raise SysError(err)
-            s.connected = True
-            return 0
-        return wait()
-
-    def _disconnect(self, s: _Sock) -> int:
-        """connect(AF_UNSPEC): tcp_disconnect — RST if synchronized, the socket is new again."""
-        if s.listener is not None:
-            s.listener.close()
-            s.listener = None
-            self._release_port(s)
-            s.port = None
-            return 0
-        conn = s.conn
-        if conn is not None and conn.state != S.CLOSED:
-            conn.abort()
-        s.conn = None
-        s.connecting = s.connected = False
-        s.err_taken = False
-        s.so_error = 0
-        s.shut_rd = s.shut_wr = False
-        if not s.explicit_port:
-            s.port = None
-        return 0
+        return self._run(lambda: s.connect(self.remote, port), _zero)
 
     def recv(self, fd: int, n: int, flags: int) -> int:
         s = self._get(fd)
-        if n < 0:
-            raise SysError(_errno.EINVAL)
-
-        def attempt() -> int:
-            conn = s.conn
-            if s.listener is not None or conn is None:
-                raise SysError(_errno.ENOTCONN)
-            buf = conn.rcv_buf
-            if buf:
-                if n == 0:
-                    return 0
-                if flags & MSG_PEEK:
-                    self.notes.add("peek")
-                    return len(bytes(buf[:n]))
-                return len(conn.recv(n))
-            if n == 0:
-                return 0
-            # tcp_recvmsg_locked with nothing copied
-            if conn.rcv_fin:                     # SOCK_DONE: the peer's FIN was read
-                return 0
-            self._sync_error(s)
-            if s.so_error:
-                raise SysError(self._take_error(s))
-            if s.shut_rd or conn.rcv_shutdown or conn.state == S.CLOSED:
-                return 0                         # RCV_SHUTDOWN (tcp_done: SHUTDOWN_MASK)
-            if s.nonblock or flags & MSG_DONTWAIT:
-                raise SysError(_errno.EAGAIN)
-            raise WouldBlock(attempt)
-        return attempt()
+        return self._run(lambda: s.recv(n, flags), len)
 
     def send(self, fd: int, n: int, flags: int) -> int:
         s = self._get(fd)
-        s.write_done = 0
-
-        def attempt() -> int:
-            conn = s.conn
-            state = self._state(s)
-            if state not in (S.ESTABLISHED, S.CLOSE_WAIT):
-                # sk_stream_wait_connect
-                self._sync_error(s)
-                if s.so_error:
-                    raise SysError(self._take_error(s))
-                if state not in (S.SYN_SENT, S.SYN_RECV):
-                    raise SysError(_errno.EPIPE)
-                if s.nonblock or flags & MSG_DONTWAIT:
-                    raise SysError(_errno.EAGAIN)
-                raise WouldBlock(attempt)
-            self._sync_error(s)
-            if s.so_error:
-                raise SysError(self._take_error(s))
-            if s.shut_wr or conn.fin_queued:
-                raise SysError(_errno.EPIPE)
-            want = n - s.write_done
-            if want <= 0:
-                return n
-            try:
-                # sk_stream_memory_free: nothing more while TCP_NOTSENT_LOWAT is reached
-                took = conn.send(bytes(want), limit=True, more=bool(flags & MSG_MORE),
-                                 eor=bool(flags & MSG_EOR)) if conn.memory_free(0) else 0
-            except BrokenPipeError:
-                raise SysError(_errno.EPIPE)
-            except OSError as e:
-                raise SysError(e.errno or _errno.EPIPE)
-            s.write_done += took
-            if s.write_done >= n:
-                return n
-            if s.nonblock or flags & MSG_DONTWAIT:
-                if s.write_done:
-                    return s.write_done
-                raise SysError(_errno.EAGAIN)
-            raise WouldBlock(attempt)
-        return attempt()
+        if n < 0:
+            raise SysError(_errno.EINVAL)
+        return self._run(lambda: s.send(bytes(n), flags))
 
     def close(self, fd: int) -> int:
         s = self._get(fd)
         del self.socks[fd]
-        if s.listener is not None:
-            s.listener.close()     # releases the port
-            return 0
-        self._release_port(s)
-        conn = s.conn
-        if conn is None:
-            return 0
-        onoff, secs = s.linger
-        conn.linger = secs if onoff else None
-        conn.close()
-        if onoff and secs > 0 and not s.nonblock and conn.state in (S.FIN_WAIT_1, S.CLOSING,
-                                                                      S.LAST_ACK):
-            # tcp_close: sk_stream_wait_close() until the FIN is acknowledged or linger ends
-            deadline = self.now_us() + secs * 1_000_000
-
-            def wait() -> int:
-                if conn.state in (S.FIN_WAIT_1, S.CLOSING, S.LAST_ACK):
-                    raise WouldBlock(wait, deadline_us=deadline, timeout_result=0)
-                return 0
-            raise WouldBlock(wait, deadline_us=deadline, timeout_result=0)
-        return 0
+        return self._run(s.close, _zero)
 
     def shutdown(self, fd: int, how: int) -> int:
         s = self._get(fd)
-        if how not in (0, 1, 2):
-            raise SysError(_errno.EINVAL)
-        rd, wr = how in (0, 2), how in (1, 2)
-        state = self._state(s)
-        # inet_shutdown
-        if state == S.LISTEN:
-            if rd:
-                s.listener.close()
-                s.listener = None
-            return 0
-        if state == S.SYN_SENT:
-            return self._disconnect(s)
-        if state == S.CLOSED:
-            s.shut_rd |= rd
-            s.shut_wr |= wr
-            raise SysError(_errno.ENOTCONN)
-        conn = s.conn
-        if rd:
-            s.shut_rd = True
-            conn.shutdown_read()
-        if wr:
-            s.shut_wr = True
-            conn.shutdown_write()
-        return 0
+        return self._run(lambda: s.shutdown(how), _zero)
 
     # -- options
     def setsockopt(self, fd: int, level: int, name: int, value: Any, optlen: int) -> int:
         s = self._get(fd)
-        sol, tcp = SYMBOLS["SOL_SOCKET"], SYMBOLS["SOL_TCP"]
-        if isinstance(value, int) and optlen < 4:
-            raise SysError(_errno.EINVAL)
-        conn = s.conn
-        key = (level, name)
-        if key == (sol, SYMBOLS["SO_REUSEADDR"]):
-            s.reuseaddr = bool(value)
-            if conn is not None:
-                conn.reuseaddr = s.reuseaddr
-            for b in self._bindings(s):
-                b.reuseaddr = s.reuseaddr
-        elif key == (sol, SYMBOLS["SO_REUSEPORT"]):
-            s.reuseport = bool(value)
-            for b in self._bindings(s):
-                b.reuseport = s.reuseport
-        elif key == (sol, SYMBOLS["SO_LINGER"]):
-            if optlen < 8:
-                raise SysError(_errno.EINVAL)
-            onoff, secs = value
-            s.linger = (1 if onoff else 0, max(0, secs))
-        elif key in ((sol, SYMBOLS["SO_RCVBUF"]), (sol, SYMBOLS["SO_RCVBUFFORCE"])):
-            s.rcvbuf = value & 0xFFFFFFFF      # __sock_set_rcvbuf takes it unsigned
-            if conn is not None:
-                conn.rcvbuf = self._sk_rcvbuf(s)
-                conn.rcvbuf_locked = True
-        elif key in ((sol, SYMBOLS["SO_SNDBUF"]), (sol, SYMBOLS["SO_SNDBUFFORCE"])):
-            s.sndbuf = value & 0xFFFFFFFF      # __sock_set_sndbuf takes it unsigned
-            self.notes.add("buffers")
-            if conn is not None:
-                conn.sndbuf = max(min(s.sndbuf, self.host.sysctl["net.core.wmem_max"]),
-                                  self.SOCK_MIN_SNDBUF // 2)
-                conn.sndbuf_locked = True
-        elif key == (sol, SYMBOLS["SO_KEEPALIVE"]):
-            s.keepalive = bool(value)
-            self.notes.add("keepalive")
-        elif key == (tcp, SYMBOLS["TCP_NODELAY"]):
-            s.nodelay = bool(value)
-            if conn is not None:
-                conn.nodelay = s.nodelay
-                if s.nodelay and conn.state in (S.ESTABLISHED, S.CLOSE_WAIT):
-                    conn._output()   # tcp_push_pending_frames on setting TCP_NODELAY
-                    conn._arm()
-        elif key == (tcp, SYMBOLS["TCP_LINGER2"]):
-            # do_tcp_setsockopt: <0 -> -1; above TCP_FIN_TIMEOUT_MAX (120 s) -> the max
-            v = -1 if value < 0 else min(value, 120)
-            s.linger2 = v if v != 0 else None
-            if conn is not None:
-                conn.linger2 = s.linger2
-        elif key == (tcp, SYMBOLS["TCP_USER_TIMEOUT"]):
-            if value < 0:
-                raise SysError(_errno.EINVAL)
-            s.user_timeout = value
-            if conn is not None:
-                conn.user_timeout = value
-        elif key == (tcp, SYMBOLS["TCP_NOTSENT_LOWAT"]):
-            if value < 0:
-                raise SysError(_errno.EINVAL)
-            s.other[key] = value
-            if conn is not None:
-                conn.notsent_lowat = value
-        elif key == (tcp, SYMBOLS["TCP_CORK"]):
-            s.cork = bool(value)
-            if conn is not None:
-                conn.set_cork(s.cork)
-        elif key == (tcp, SYMBOLS["TCP_MAXSEG"]):
-            # do_tcp_setsockopt: 0 clears it; otherwise TCP_MIN_MSS (88) .. MAX_TCP_WINDOW
-            if value != 0 and not 88 <= value <= 32767:
-                raise SysError(_errno.EINVAL)
-            s.user_mss = value
-            if conn is not None:
-                conn.user_mss = value
-        elif key == (tcp, SYMBOLS["TCP_CONGESTION"]):
-            from ustack.tcp.cong import available
-            name = value.decode() if isinstance(value, bytes) else str(value)
-            name = name.strip('"').rstrip("\0")
-            if name not in available():
-                raise SysError(_errno.ENOENT)     # tcp_set_congestion_control: no module
-            s.other[key] = name
-            if conn is not None:
-                conn.congestion_control = name
-        elif key in ((tcp, SYMBOLS["TCP_KEEPIDLE"]), (tcp, SYMBOLS["TCP_KEEPINTVL"]),
-                     (tcp, SYMBOLS["TCP_KEEPCNT"])):
-            if value < 1:
-                raise SysError(_errno.EINVAL)
-            s.other[key] = value
-            self.notes.add("keepalive")
-        else:
-            raise DrillUnsupported(f"setsockopt {_opt_name(level, name)} on the ustack target")
-        return 0
+        return self._run(lambda: s.setsockopt(level, name, value, optlen), _zero)
 
     def getsockopt(self, fd: int, level: int, name: int, shape: str, optlen: int) -> Any:
         s = self._get(fd)
-        sol, tcp = SYMBOLS["SOL_SOCKET"], SYMBOLS["SOL_TCP"]
         if optlen < 0:
             raise SysError(_errno.EINVAL)
-        key = (level, name)
-        sysctl = self.host.sysctl
-        if key == (sol, SYMBOLS["SO_ERROR"]):
-            return self._take_error(s)
-        if key == (sol, SYMBOLS["SO_TYPE"]):
-            return SYMBOLS["SOCK_STREAM"]
-        if key == (sol, SYMBOLS["SO_ACCEPTCONN"]):
-            return 1 if s.listener is not None else 0
-        if key == (sol, SYMBOLS["SO_REUSEADDR"]):
-            return int(s.reuseaddr)
-        if key == (sol, SYMBOLS["SO_REUSEPORT"]):
-            return int(s.reuseport)
-        if key == (sol, SYMBOLS["SO_KEEPALIVE"]):
-            return int(s.keepalive)
-        if key == (sol, SYMBOLS["SO_LINGER"]):
-            return s.linger
-        if key == (sol, SYMBOLS["SO_RCVBUF"]):
-            if s.rcvbuf is None:
-                return sysctl["net.ipv4.tcp_rmem"][1]
-            return self._sk_rcvbuf(s)
-        if key == (sol, SYMBOLS["SO_SNDBUF"]):
-            if s.sndbuf is None:
-                return sysctl["net.ipv4.tcp_wmem"][1]
-            # __sock_set_sndbuf: unsigned, capped at wmem_max, doubled, at least the minimum
-            v = min(s.sndbuf & 0xFFFFFFFF, sysctl["net.core.wmem_max"])
-            return max(v * 2, self.SOCK_MIN_SNDBUF)
-        if key == (tcp, SYMBOLS["TCP_NODELAY"]):
-            return int(s.nodelay)
-        if key == (tcp, SYMBOLS["TCP_LINGER2"]):
-            # do_tcp_getsockopt: linger2 >= 0 reports (linger2 ?: tcp_fin_timeout) in s
-            if s.linger2 is not None and s.linger2 < 0:
-                return -1
-            return s.linger2 or sysctl["net.ipv4.tcp_fin_timeout"]
-        if key == (tcp, SYMBOLS["TCP_USER_TIMEOUT"]):
-            return s.user_timeout
-        if key == (tcp, SYMBOLS["TCP_CORK"]):
-            return int(s.cork)
-        if key == (tcp, SYMBOLS["TCP_NOTSENT_LOWAT"]):
-            return s.other.get(key, 0)
-        if key == (tcp, SYMBOLS["TCP_MAXSEG"]):
-            conn = s.conn
-            if conn is None or conn.state in (S.CLOSED, S.LISTEN):
-                return s.user_mss or 536         # mss_cache is TCP_MSS_DEFAULT until then
-            return conn._effective_mss()
-        if key == (tcp, SYMBOLS["TCP_CONGESTION"]):
-            if s.conn is not None:
-                return s.conn.congestion_control.encode()
-            return s.other.get(key, sysctl["net.ipv4.tcp_congestion_control"]).encode()
-        if key in s.other:
-            return s.other[key]
-        if key == (tcp, SYMBOLS["TCP_KEEPIDLE"]):
-            return sysctl["net.ipv4.tcp_keepalive_time"]
-        if key == (tcp, SYMBOLS["TCP_KEEPINTVL"]):
-            return sysctl["net.ipv4.tcp_keepalive_intvl"]
-        if key == (tcp, SYMBOLS["TCP_KEEPCNT"]):
-            return sysctl["net.ipv4.tcp_keepalive_probes"]
-        raise DrillUnsupported(f"getsockopt {_opt_name(level, name)} on the ustack target")
+        return self._run(lambda: s.getsockopt(level, name))
 
     def fcntl(self, fd: int, cmd: int, arg: int) -> int:
         s = self._get(fd)
@@ -1159,26 +696,11 @@ class UstackSockets:
 
     def ioctl(self, fd: int, request: int) -> int:
         s = self._get(fd)
-        conn = s.conn
-        state = self._state(s)
         if request == SYMBOLS["FIONBIO"]:
             raise DrillUnsupported("ioctl FIONBIO (use fcntl O_NONBLOCK)")
         if request not in (SYMBOLS["SIOCINQ"], SYMBOLS["SIOCOUTQ"], SYMBOLS["SIOCOUTQNSD"]):
             raise DrillUnsupported(f"ioctl request {request:#x}")
-        if state == S.LISTEN:
-            raise SysError(_errno.EINVAL)   # tcp_ioctl
-        if conn is None or state in (S.SYN_SENT, S.SYN_RECV):
-            return 0
-        if request == SYMBOLS["SIOCINQ"]:
-            return conn.rcv_queued
-        # write_seq counts the FIN: it is in the queue until acknowledged
-        fin = 1 if conn.fin_queued and conn.snd_una != (conn.fin_seq + 1) & 0xFFFFFFFF and \
-            state != S.CLOSED else 0
-        if request == SYMBOLS["SIOCOUTQ"]:
-            return conn.snd_queued + fin if state != S.CLOSED else 0
-        self.notes.add("outq_nsd")
-        sent = (conn.snd_nxt - conn.snd_una) & 0xFFFFFFFF
-        return max(0, len(conn.sndq) + fin - sent) if state != S.CLOSED else 0
+        return self._run(lambda: s.ioctl(request))
 
     def poll(self, fds: list[tuple[int, int]]) -> list[int]:
         out = []
@@ -1187,49 +709,12 @@ class UstackSockets:
             if s is None:
                 out.append(POLLNVAL)
                 continue
-            mask = self._poll_mask(s)
-            out.append(mask & (events | POLLERR | POLLHUP | POLLNVAL))
+            out.append(s.poll() & (events | POLLERR | POLLHUP | POLLNVAL))
         return out
 
-    def _poll_mask(self, s: _Sock) -> int:
-        """tcp_poll()."""
-        if s.listener is not None:
-            return POLLIN | POLLRDNORM if s.listener.accept_queue else 0
-        conn = s.conn
-        state = self._state(s)
-        self._sync_error(s)
-        rcv_sd = s.shut_rd
-        snd_sd = s.shut_wr
-        if conn is not None:
-            if conn.rcv_fin:
-                rcv_sd = True
-            if conn.fin_queued:
-                snd_sd = True
-            if state == S.CLOSED:
-                rcv_sd = snd_sd = True       # tcp_done: SHUTDOWN_MASK
-        mask = 0
-        if (rcv_sd and snd_sd) or state == S.CLOSED:
-            mask |= POLLHUP
-        if rcv_sd:
-            mask |= POLLIN | POLLRDNORM | POLLRDHUP
-        if state not in (S.SYN_SENT, S.SYN_RECV):
-            if conn is not None and conn.rcv_queued:
-                mask |= POLLIN | POLLRDNORM
-            if not snd_sd:
-                if conn is None or self._writable(conn):
-                    mask |= POLLOUT | POLLWRNORM
-            else:
-                mask |= POLLOUT | POLLWRNORM
-        if s.so_error:
-            mask |= POLLERR
-        return mask
 
-    @staticmethod
-    def _writable(conn: Any) -> bool:
-        """sk_stream_is_writeable: free space at least half of what is queued."""
-        queued = conn.snd_queued
-        return conn.sndbuf - queued >= queued // 2 and conn.sndbuf > queued and \
-            conn.memory_free(1)
+def _zero(_: Any) -> int:
+    return 0
 
 
 def _opt_name(level: int, name: int) -> str:

@@ -107,6 +107,8 @@ class Connection(ReceiveSide, SendSide):
         "nodelay", "cork", "tail_push", "eor_seqs", "linger", "linger2", "user_timeout",
         "user_mss", "notsent_lowat", "sndbuf_locked", "rcvbuf_locked", "pmtu", "soft_error",
         "reuseaddr", "binding", "orphan", "error", "probes",
+        # keepalive (SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT; 0: the sysctl) and its timer
+        "keepalive", "keepidle", "keepintvl", "keepcnt", "t_keep", "rcv_tstamp",
         "closed_notified", "created", "_notify",
     )
 
@@ -218,6 +220,10 @@ class Connection(ReceiveSide, SendSide):
         self.orphan = False
         self.error: BaseException | None = None
         self.probes = 0
+        self.keepalive = False
+        self.keepidle = self.keepintvl = self.keepcnt = 0
+        self.t_keep = NEVER
+        self.rcv_tstamp = now          # when the last acceptable ACK came (tp->rcv_tstamp)
         self.closed_notified = False
         self.created = now
         self._notify = 0
@@ -248,6 +254,84 @@ class Connection(ReceiveSide, SendSide):
 
     def _effective_mss(self) -> int:
         return self.mss - (TS_OPT_LEN if self.ts_ok else 0)
+
+    def effective_mss(self) -> int:
+        """The MSS a segment carries now (TCP_MAXSEG on a connected socket: mss_cache)."""
+        return self._effective_mss()
+
+    def apply_options(self, options: dict[str, Any]) -> None:
+        """Socket options given at connect() or inherited from a listener (field names)."""
+        for name, value in options.items():
+            if name == "congestion_control":
+                self.set_congestion_control(value)
+            else:
+                setattr(self, name, value)
+
+    def set_nodelay(self, on: bool) -> None:
+        """TCP_NODELAY; turning it on pushes what Nagle held (tcp_push_pending_frames)."""
+        self.nodelay = on
+        if on and self.state in (S.ESTABLISHED, S.CLOSE_WAIT):
+            self._output()
+            self._arm()
+
+    # ------------------------------------------------------------------ keepalive
+    def _keepalive_time(self) -> int:
+        """keepalive_time_when, ms."""
+        return 1000 * (self.keepidle or self.host.sysctl["net.ipv4.tcp_keepalive_time"])
+
+    def _keepalive_elapsed(self) -> int:
+        """keepalive_time_elapsed: since the last data or ACK from the peer, ms."""
+        now = self.host.now
+        return min(now - self.lrcvtime, now - self.rcv_tstamp)
+
+    def set_keepalive(self, on: bool) -> None:
+        """SO_KEEPALIVE (tcp_set_keepalive): the timer starts a full idle time from now."""
+        self.keepalive = on
+        if self.state in (S.CLOSED, S.LISTEN):
+            return
+        self.t_keep = self.host.now + self._keepalive_time() if on else NEVER
+        self._arm()
+
+    def set_keepalive_time(self, seconds: int) -> None:
+        """TCP_KEEPIDLE (tcp_sock_set_keepidle_locked): the timer counts from the last
+        sign of life."""
+        self.keepidle = seconds
+        if self.keepalive and self.state not in (S.CLOSED, S.LISTEN):
+            self.t_keep = self.host.now + max(0, self._keepalive_time() -
+                                              self._keepalive_elapsed())
+            self._arm()
+
+    def _start_keepalive(self) -> None:
+        """At the end of the handshake (tcp_finish_connect, tcp_create_openreq_child)."""
+        if self.keepalive:
+            self.t_keep = self.host.now + self._keepalive_time()
+
+    def _keepalive_timer(self) -> None:
+        """Linux tcp_keepalive_timer for an open connection."""
+        if not self.keepalive or self.state in (S.CLOSED, S.SYN_SENT) or \
+                (self.orphan and self.state == S.FIN_WAIT_2):
+            return
+        host = self.host
+        when = self._keepalive_time()
+        if self.rec.packets_out or self._unsent() > 0:
+            self.t_keep = host.now + when      # alive without keepalive
+            return
+        elapsed = self._keepalive_elapsed()
+        if elapsed >= when:
+            probes = self.keepcnt or host.sysctl["net.ipv4.tcp_keepalive_probes"]
+            if (self.user_timeout and elapsed >= self.user_timeout and self.probes > 0) or \
+                    (not self.user_timeout and self.probes >= probes):
+                self._send_rst()                # tcp_send_active_reset + tcp_write_err
+                self._destroy(self._timeout_error())
+                return
+            # tcp_write_wakeup with nothing to send: a bare ACK one below snd_una
+            self._emit(ACK, (self.snd_una - 1) & M32)
+            host.mib["TcpExtTCPKeepAlive"] += 1
+            self.probes += 1
+            self.t_keep = host.now + 1000 * (self.keepintvl or
+                                             host.sysctl["net.ipv4.tcp_keepalive_intvl"])
+        else:
+            self.t_keep = host.now + when - elapsed
 
     def _emit(self, flags: int, seq: int, payload: bytes = b"", *, syn_options: bool = False,
               ack: int | None = None) -> None:
@@ -332,6 +416,8 @@ class Connection(ReceiveSide, SendSide):
             d = self.t_delack
         if self.t_misc < d:
             d = self.t_misc
+        if self.t_keep < d:
+            d = self.t_keep
         wheel = self.host.wheel
         if d == NEVER:
             if self.timer is not None and self.timer.active:
@@ -465,6 +551,9 @@ class Connection(ReceiveSide, SendSide):
                 # tcp_keepalive_timer for an orphan in FIN-WAIT-2 whose timeout is longer than
                 # TIME-WAIT: after waiting (timeout - TIME-WAIT length) it becomes a record.
                 self.host.tw.fin_wait2_timer(self)
+        if self.t_keep <= now and self.state != S.CLOSED:
+            self.t_keep = NEVER
+            self._keepalive_timer()
         if self.state != S.CLOSED:
             self._arm()
         self._deliver()
@@ -753,6 +842,7 @@ class Connection(ReceiveSide, SendSide):
         self.total_retrans = req.num_retrans
         self._set_state(S.SYN_RECV)
         self.syn_time = req.syn_time
+        self._start_keepalive()          # tcp_create_openreq_child
 
     def _set_peer_mss(self, mss: int) -> None:
         self.peer_mss = mss if mss > 0 else 536
@@ -815,6 +905,7 @@ class Connection(ReceiveSide, SendSide):
             self._init_buffer_space()
             self._init_transfer()
             self._notify |= 1
+            self._start_keepalive()
             # (text or FIN on a SYN-ACK is not taken without Fast Open: only irs+1 is ACKed)
             self.send_ack()
             self._output()
@@ -1170,6 +1261,7 @@ class Connection(ReceiveSide, SendSide):
         if self.ts_ok and seg.has_ts:
             self._update_ts_recent(seg)
         self.probes = 0   # tcp_ack: any acceptable ACK, even one with window 0
+        self.rcv_tstamp = host.now
         flag = 0
         if _after(ack, prior_snd_una):
             flag |= FLAG_SND_UNA_ADVANCED
@@ -1651,7 +1743,7 @@ class Connection(ReceiveSide, SendSide):
         if self.state == S.CLOSED and self.closed_notified:
             return
         self.error = exc
-        self.t_rto = self.t_delack = self.t_misc = NEVER
+        self.t_rto = self.t_delack = self.t_misc = self.t_keep = NEVER
         if self.timer is not None and self.timer.active:
             self.host.wheel.cancel(self.timer)
         self._set_state(S.CLOSED)
@@ -1687,6 +1779,8 @@ class Connection(ReceiveSide, SendSide):
         if self.t_misc != NEVER:
             kind = timer_name(self.misc_kind)
             return (kind, max(0, self.t_misc - now), self.probes)
+        if self.t_keep != NEVER:
+            return ("keepalive", max(0, self.t_keep - now), self.probes)
         return None
 
     def __repr__(self) -> str:

@@ -1,12 +1,13 @@
 """A connection's timer kinds, named as Linux names them (inet_connection_sock.h, ICSK_TIME_*).
 
-A connection has one entry on the host's timer wheel and three deadlines behind it:
+A connection has one entry on the host's timer wheel and four deadlines behind it:
 
 * the transmit timer (``t_rto``), used by one kind at a time as Linux's icsk_retransmit_timer
   is: the retransmission timeout, the tail loss probe, or RACK's reordering timer;
 * the delayed-ACK timer (``t_delack``);
 * the "misc" timer (``t_misc``): the zero-window probe, or an orphan's FIN-WAIT-2 wait before
-  it becomes a TIME-WAIT record (Linux uses the keepalive timer for that).
+  it becomes a TIME-WAIT record (Linux uses the keepalive timer for that);
+* the keepalive timer (``t_keep``): SO_KEEPALIVE's probes (Linux tcp_keepalive_timer).
 """
 from __future__ import annotations
 
