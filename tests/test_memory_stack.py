@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 
 import pytest
 
@@ -77,8 +78,14 @@ def test_api_misuse_raises_clear_errors(run):
         with pytest.raises(RuntimeError, match="not running"):
             await a.open_connection("198.18.0.2", 7)
         async with a, b:
-            with pytest.raises(ValueError, match="IPv4 address"):
-                await a.open_connection("example.com", 7)
+            with pytest.raises(TypeError, match="host must be a str"):
+                await a.open_connection(b"198.18.0.2", 7)
+            with pytest.raises(OSError, match="IPv4"):
+                await a.open_connection("198.18.0.2", 7, family=socket.AF_INET6)
+            # names resolve as asyncio resolves them ("localhost" from /etc/hosts: no DNS
+            # query leaves the machine); nothing answers for 127.0.0.1 on the memory wire
+            with pytest.raises(asyncio.TimeoutError):
+                await a.open_connection("localhost", 7, timeout=0.2)
             with pytest.raises(ValueError, match="port"):
                 await a.open_connection("198.18.0.2", 70000)
             with pytest.raises(KeyError, match="no such sysctl"):

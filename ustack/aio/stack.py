@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
+import ssl as _ssl
+from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any
 
-from ustack.aio.transport import TcpTransport
+from ustack.aio.transport import StackSocket, TcpTransport
 from ustack.counters import Counters
 from ustack.host import ConnInfo, Host, Listener, ListenerUser
 from ustack.sysctl import Sysctl
+from ustack.tcp import sock as _sock
 from ustack.tcp import states as S
 from ustack.wire import int_to_ip, ip_to_int
 
@@ -61,41 +65,60 @@ def _check_tun_addresses(address: str, kernel_address: str) -> None:
                          f"address of {net}")
 
 
-class _ServerSocket:
-    """Stands in for `server.sockets[i]`: getsockname() like a listening socket's."""
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
-    def __init__(self, address: str, port: int) -> None:
-        self._name = (address, port)
 
-    def getsockname(self) -> tuple[str, int]:
-        return self._name
+def _ssl_context(ssl: Any, server_side: bool) -> _ssl.SSLContext | None:
+    """asyncio's `ssl=` argument: an SSLContext, True (a default client context) or None."""
+    if ssl is None or ssl is False:
+        return None
+    if isinstance(ssl, _ssl.SSLContext):
+        return ssl
+    if ssl is True and not server_side:
+        return _ssl.create_default_context()
+    if ssl is True:
+        raise ValueError("ssl=True needs a client: a server takes an ssl.SSLContext with its "
+                         "certificate loaded")
+    raise TypeError(f"ssl must be an ssl.SSLContext, True or None, not {type(ssl).__name__}")
 
 
 class Server(ListenerUser):
     """Like asyncio.Server: returned by start_server/create_server, usable with `async with`."""
 
-    def __init__(self, stack: "Stack", listener: Listener,
-                 protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+    def __init__(self, stack: "Stack", sock: _sock.Socket, protocol_factory: ProtocolFactory,
+                 ssl: _ssl.SSLContext | None = None,
+                 ssl_handshake_timeout: float | None = None,
+                 ssl_shutdown_timeout: float | None = None) -> None:
         self._stack = stack
-        self._listener = listener
+        self._sock = sock
+        self._listener: Listener = sock.listener
         self._factory = protocol_factory
+        self._ssl = ssl
+        self._ssl_timeouts = {"ssl_handshake_timeout": ssl_handshake_timeout,
+                              "ssl_shutdown_timeout": ssl_shutdown_timeout}
         self._serving = True
         self._closed = stack._loop.create_future()
-        listener.user = self
+        self._listener.user = self
 
     def tcp_accept(self, listener: Listener) -> None:
+        loop = self._stack._loop
         while True:
             conn = listener.accept()
             if conn is None:
                 return
+            child = self._sock.adopt(conn)
             try:
                 protocol = self._factory()
+                if self._ssl is not None:
+                    protocol = sslproto.SSLProtocol(
+                        loop, protocol, self._ssl, None, server_side=True,
+                        **{k: v for k, v in self._ssl_timeouts.items() if v is not None})
             except BaseException as exc:
-                self._stack._loop.call_exception_handler(
+                loop.call_exception_handler(
                     {"message": "ustack: protocol factory raised", "exception": exc})
-                conn.abort()
+                child.abort()
                 continue
-            transport = TcpTransport(self._stack, conn, protocol)
+            transport = TcpTransport(self._stack, child, protocol)
             self._stack._transports.add(transport)
             try:
                 protocol.connection_made(transport)
@@ -106,10 +129,11 @@ class Server(ListenerUser):
                 transport.tcp_data(conn)
 
     @property
-    def sockets(self) -> tuple[_ServerSocket, ...]:
+    def sockets(self) -> tuple[StackSocket, ...]:
+        """The listening socket, as asyncio.Server.sockets (getsockname, options)."""
         if not self._serving:
             return ()
-        return (_ServerSocket(int_to_ip(self._stack.host.address), self._listener.port),)
+        return (StackSocket(self._sock),)
 
     @property
     def port(self) -> int:
@@ -129,7 +153,7 @@ class Server(ListenerUser):
             return
         self._serving = False
         self._stack._sync_time()
-        self._listener.close()
+        self._sock.close()
         self._stack._servers.discard(self)
         self._stack._kick()
         if not self._closed.done():
@@ -149,6 +173,30 @@ class Server(ListenerUser):
         await self.wait_closed()
 
 
+def _check_family(family: int) -> None:
+    if family not in (socket.AF_UNSPEC, socket.AF_INET):
+        raise OSError(97, f"Address family not supported by protocol: ustack speaks IPv4 "
+                          f"(AF_INET) only, not {socket.AddressFamily(family).name}")
+
+
+def _ssl_timeouts(handshake: float | None, shutdown: float | None) -> dict[str, float]:
+    out = {}
+    if handshake is not None:
+        out["ssl_handshake_timeout"] = handshake
+    if shutdown is not None:
+        out["ssl_shutdown_timeout"] = shutdown
+    return out
+
+
+def _check_ssl_args(ctx: Any, handshake: float | None, shutdown: float | None) -> None:
+    if ctx is None and (handshake is not None or shutdown is not None):
+        raise ValueError("ssl_handshake_timeout and ssl_shutdown_timeout are only meaningful "
+                         "with ssl")
+    for name, v in (("ssl_handshake_timeout", handshake), ("ssl_shutdown_timeout", shutdown)):
+        if v is not None and v <= 0:
+            raise ValueError(f"{name} must be a positive number, not {v}")
+
+
 class Stack:
     """A running ustack instance: one IPv4 address on one link.
 
@@ -157,8 +205,14 @@ class Stack:
 
     def __init__(self, link_factory: Callable[[], Any], address: str, *,
                  sysctl: dict[str, Any] | None = None, mtu: int = 1500,
-                 secret: bytes | None = None) -> None:
+                 secret: bytes | None = None, pcap: Any = None) -> None:
         _check_ipv4(address, "address")
+        self.pcap = None
+        if pcap is not None:
+            # every packet of the link, both ways, into a pcap file (tcpdump -r, Wireshark)
+            from ustack.pcap import PcapWriter, tap_factory
+            self.pcap = pcap if isinstance(pcap, PcapWriter) else PcapWriter(pcap)
+            link_factory = tap_factory(link_factory, self.pcap)
         self._link_factory = link_factory
         self._link: Any = None
         self.host = Host(address, sysctl=sysctl, mtu=mtu, secret=secret)
@@ -176,23 +230,24 @@ class Stack:
     def tun(cls, ifname: str = "ust0", address: str = "198.18.0.2",
             kernel_address: str = "198.18.0.1/24", sysctl: dict[str, Any] | None = None, *,
             mtu: int = 1500, secret: bytes | None = None,
-            allow_root_namespace: bool = False) -> "Stack":
+            allow_root_namespace: bool = False, pcap: Any = None) -> "Stack":
         """A stack on a new TUN device in the current network namespace.  The kernel's side of
-        the device gets `kernel_address`; ustack answers for `address`."""
+        the device gets `kernel_address`; ustack answers for `address`.  `pcap`: a file name
+        (or a `ustack.pcap.PcapWriter`) that records every packet of the device."""
         from ustack.link.tun import TunLink
         _check_tun_addresses(address, kernel_address)
 
         def factory() -> Any:
             return TunLink.open(ifname, kernel_address=kernel_address, mtu=mtu,
                                 allow_root_namespace=allow_root_namespace)
-        return cls(factory, address, sysctl=sysctl, mtu=mtu, secret=secret)
+        return cls(factory, address, sysctl=sysctl, mtu=mtu, secret=secret, pcap=pcap)
 
     @classmethod
     def memory(cls, link: Any, address: str = "198.18.0.2",
                sysctl: dict[str, Any] | None = None, *, mtu: int = 1500,
-               secret: bytes | None = None) -> "Stack":
+               secret: bytes | None = None, pcap: Any = None) -> "Stack":
         """A stack on an in-memory link end (`ustack.link.memory.MemoryWire().a`)."""
-        return cls(lambda: link, address, sysctl=sysctl, mtu=mtu, secret=secret)
+        return cls(lambda: link, address, sysctl=sysctl, mtu=mtu, secret=secret, pcap=pcap)
 
     @classmethod
     def memory_pair(cls, address_a: str = "198.18.0.1", address_b: str = "198.18.0.2",
@@ -295,27 +350,51 @@ class Stack:
         self._flush()
 
     # ---------------------------------------------------------------- the asyncio API
-    async def create_server(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
-                            host: str | None = None, port: int = 0, *, backlog: int = 100,
+    async def create_server(self, protocol_factory: ProtocolFactory,
+                            host: str | list[str] | None = None, port: int = 0, *,
+                            family: int = socket.AF_UNSPEC, flags: int = 0,
+                            backlog: int = 100, ssl: Any = None,
                             reuse_address: bool | None = None, reuse_port: bool = False,
+                            ssl_handshake_timeout: float | None = None,
+                            ssl_shutdown_timeout: float | None = None,
                             start_serving: bool = True) -> Server:
+        """loop.create_server on ustack: listen on this stack's address.  `host` may be None,
+        "", "0.0.0.0", this stack's address or a name resolving to it; `ssl` an SSLContext
+        (TLS through asyncio's own SSL protocol)."""
         self._require_running()
-        if host not in (None, "", "0.0.0.0"):
-            if _check_ipv4(host, "host") != self.host.address:
-                raise OSError(99, f"Cannot assign requested address: {host} is not this "
-                                  f"stack's address {int_to_ip(self.host.address)}")
+        _check_family(family)
+        sslcontext = _ssl_context(ssl, server_side=True)
+        _check_ssl_args(sslcontext, ssl_handshake_timeout, ssl_shutdown_timeout)
+        hosts = host if isinstance(host, (list, tuple)) else [host]
+        for h in hosts:
+            if h in (None, "", "0.0.0.0"):
+                continue
+            addr = await self._resolve(h, port, "host")
+            if addr != self.host.address:
+                raise OSError(99, f"Cannot assign requested address: {h} is not this stack's "
+                                  f"address {int_to_ip(self.host.address)}")
         _check_port(port)
         self._sync_time()
         if reuse_address is None:
             reuse_address = True    # as asyncio's create_server on Unix
-        listener = self.host.listen(port, backlog, reuseaddr=reuse_address, reuseport=reuse_port)
-        server = Server(self, listener, protocol_factory)
+        sock = _sock.Socket(self.host)
+        sock.setsockopt(_sock.SOL_SOCKET, _sock.SO_REUSEADDR, bool(reuse_address))
+        sock.setsockopt(_sock.SOL_SOCKET, _sock.SO_REUSEPORT, bool(reuse_port))
+        try:
+            sock.bind(port)
+            sock.listen(backlog)
+        except BaseException:
+            sock.abort()
+            raise
+        server = Server(self, sock, protocol_factory, sslcontext, ssl_handshake_timeout,
+                        ssl_shutdown_timeout)
         self._servers.add(server)
         return server
 
     async def start_server(self, client_connected_cb: Callable[..., Any],
-                           host: str | None = None, port: int = 0, *,
+                           host: str | list[str] | None = None, port: int = 0, *,
                            limit: int = _DEFAULT_LIMIT, **kwds: Any) -> Server:
+        """asyncio.start_server on ustack (same arguments, ssl= included)."""
         loop = asyncio.get_running_loop()
 
         def factory() -> asyncio.BaseProtocol:
@@ -323,27 +402,84 @@ class Stack:
             return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
         return await self.create_server(factory, host, port, **kwds)
 
-    async def create_connection(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
-                                host: str, port: int, *,
+    async def _resolve(self, host: str, port: int, what: str) -> int:
+        """An IPv4 address, or a name resolved as asyncio does (getaddrinfo, AF_INET)."""
+        try:
+            return ip_to_int(str(ipaddress.IPv4Address(host)))
+        except ValueError:
+            pass
+        if not isinstance(host, str):
+            raise TypeError(f"{what} must be a str, not {type(host).__name__}")
+        try:
+            infos = await self._loop.getaddrinfo(host, port, family=socket.AF_INET,
+                                                 type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise OSError(e.errno, f"cannot resolve {what} {host!r}: {e.strerror} (ustack "
+                                   f"speaks IPv4)") from None
+        if not infos:
+            raise OSError(f"getaddrinfo({host!r}) returned no IPv4 address")
+        return ip_to_int(infos[0][4][0])
+
+    async def create_connection(self, protocol_factory: ProtocolFactory,
+                                host: str, port: int, *, ssl: Any = None,
+                                family: int = socket.AF_UNSPEC, proto: int = 0,
+                                flags: int = 0,
                                 local_addr: tuple[str | None, int] | None = None,
+                                server_hostname: str | None = None,
+                                ssl_handshake_timeout: float | None = None,
+                                ssl_shutdown_timeout: float | None = None,
                                 timeout: float | None = None,
                                 options: dict[str, Any] | None = None
-                                ) -> tuple[TcpTransport, asyncio.BaseProtocol]:
+                                ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        """loop.create_connection on ustack.  `ssl` (an SSLContext or True) runs TLS through
+        asyncio's own SSL protocol; `server_hostname` defaults to `host`.  ustack's extras:
+        `timeout` (seconds for the handshake) and `options` (connection fields to set before
+        the SYN, e.g. {"rcvbuf": 8192})."""
         self._require_running()
-        raddr = _check_ipv4(host, "host")
+        _check_family(family)
+        sslcontext = _ssl_context(ssl, server_side=False)
+        _check_ssl_args(sslcontext, ssl_handshake_timeout, ssl_shutdown_timeout)
+        if server_hostname is not None and sslcontext is None:
+            raise ValueError("server_hostname is only meaningful with ssl")
         _check_port(port, zero_ok=False)
-        lport = None
+        raddr = await self._resolve(host, port, "host")
+        lport = 0
         if local_addr is not None:
             laddr, lport = local_addr
-            if laddr not in (None, "", "0.0.0.0") and _check_ipv4(laddr, "local_addr") \
-                    != self.host.address:
+            if laddr not in (None, "", "0.0.0.0") and \
+                    await self._resolve(laddr, lport, "local_addr") != self.host.address:
                 raise OSError(99, f"Cannot assign requested address: {laddr} is not this "
-                                  f"stack's address")
+                                  f"stack's address {int_to_ip(self.host.address)}")
+            _check_port(lport, "local_addr port")
         self._sync_time()
+        sock = _sock.Socket(self.host, nonblock=True)
+        if options:
+            options = dict(options)
+            if "reuseaddr" in options:
+                sock.setsockopt(_sock.SOL_SOCKET, _sock.SO_REUSEADDR,
+                                bool(options.pop("reuseaddr")))
+            sock.extra_options = options       # connection fields set before the SYN
+        try:
+            if lport:
+                sock.bind(lport)
+            sock.connect(raddr, port)
+        except BlockingIOError:
+            pass                                   # EINPROGRESS: the SYN is out
+        except BaseException:
+            sock.abort()                           # a failed bind/connect lets the port go
+            raise
+        sock.nonblock = False                      # close() waits for SO_LINGER as Linux
         waiter = self._loop.create_future()
-        conn = self.host.connect(raddr, port, lport, options=options)
-        protocol = protocol_factory()
-        transport = TcpTransport(self, conn, protocol, waiter)
+        app_protocol = protocol_factory()
+        protocol: asyncio.BaseProtocol = app_protocol
+        ssl_waiter = None
+        if sslcontext is not None:
+            ssl_waiter = self._loop.create_future()
+            protocol = sslproto.SSLProtocol(
+                self._loop, app_protocol, sslcontext, ssl_waiter, server_side=False,
+                server_hostname=host if server_hostname is None else server_hostname,
+                **_ssl_timeouts(ssl_handshake_timeout, ssl_shutdown_timeout))
+        transport = TcpTransport(self, sock, protocol, waiter)
         self._kick()
         try:
             if timeout is None:
@@ -351,32 +487,87 @@ class Stack:
             else:
                 await asyncio.wait_for(waiter, timeout)
         except BaseException:
-            if conn.state != S.CLOSED:
+            if sock.conn is not None and sock.conn.state != S.CLOSED:
                 self._sync_time()
-                conn.abort()
+                sock.abort()
                 self._kick()
             raise
+        sock.connecting, sock.connected = False, True
         self._transports.add(transport)
         try:
             protocol.connection_made(transport)
         except BaseException:
             transport.abort()        # the caller gets the error; the connection is reset
             raise
+        conn = sock.conn
         if conn.rcv_queued or conn.rcv_fin:
             transport.tcp_data(conn)
-        return transport, protocol
+        if ssl_waiter is None:
+            return transport, app_protocol
+        try:
+            await ssl_waiter                         # the TLS handshake
+        except BaseException:
+            transport.abort()
+            raise
+        return protocol._app_transport, app_protocol  # type: ignore[attr-defined]
 
     async def open_connection(self, host: str, port: int, *,
-                              local_addr: tuple[str | None, int] | None = None,
                               limit: int = _DEFAULT_LIMIT, **kwds: Any
                               ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """asyncio.open_connection on ustack (same arguments, ssl= included)."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        transport, _ = await self.create_connection(lambda: protocol, host, port,
-                                                    local_addr=local_addr, **kwds)
+        transport, _ = await self.create_connection(lambda: protocol, host, port, **kwds)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         return reader, writer
+
+    async def start_tls(self, transport: asyncio.BaseTransport,
+                        protocol: asyncio.BaseProtocol, sslcontext: _ssl.SSLContext, *,
+                        server_side: bool = False, server_hostname: str | None = None,
+                        ssl_handshake_timeout: float | None = None,
+                        ssl_shutdown_timeout: float | None = None) -> asyncio.Transport:
+        """loop.start_tls for a ustack transport: upgrade it to TLS in place and return the
+        TLS transport (uvloop's own start_tls accepts only its own transports; on asyncio's
+        default loop, loop.start_tls and StreamWriter.start_tls work too).  For a stream pair
+        use `upgrade_streams`."""
+        if not isinstance(sslcontext, _ssl.SSLContext):
+            raise TypeError(f"sslcontext must be an ssl.SSLContext, not "
+                            f"{type(sslcontext).__name__}")
+        if not isinstance(transport, TcpTransport):
+            raise TypeError(f"start_tls: {transport!r} is not a ustack transport")
+        _check_ssl_args(sslcontext, ssl_handshake_timeout, ssl_shutdown_timeout)
+        loop = self._loop
+        waiter = loop.create_future()
+        ssl_protocol = sslproto.SSLProtocol(
+            loop, protocol, sslcontext, waiter, server_side, server_hostname,
+            call_connection_made=False,
+            **_ssl_timeouts(ssl_handshake_timeout, ssl_shutdown_timeout))
+        transport.pause_reading()
+        transport.set_protocol(ssl_protocol)
+        made = loop.call_soon(ssl_protocol.connection_made, transport)
+        resumed = loop.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            made.cancel()
+            resumed.cancel()
+            raise
+        return ssl_protocol._app_transport  # type: ignore[attr-defined]
+
+    async def upgrade_streams(self, writer: asyncio.StreamWriter, sslcontext: _ssl.SSLContext,
+                              *, server_side: bool = False, server_hostname: str | None = None,
+                              ssl_handshake_timeout: float | None = None) -> None:
+        """StreamWriter.start_tls for a ustack stream pair: the same reader and writer go on
+        over TLS (STARTTLS-style protocols)."""
+        await writer.drain()
+        protocol = writer.transport.get_protocol()
+        new = await self.start_tls(writer.transport, protocol, sslcontext,
+                                   server_side=server_side, server_hostname=server_hostname,
+                                   ssl_handshake_timeout=ssl_handshake_timeout)
+        writer._transport = new               # what StreamWriter.start_tls does itself
+        protocol._replace_writer(writer)      # type: ignore[attr-defined]
 
     # ---------------------------------------------------------------- visibility
     def connections(self) -> list[ConnInfo]:

@@ -1,9 +1,12 @@
-"""asyncio.Transport over a core Connection, and the socket-option object behind it.
+"""asyncio.Transport over a core Connection, and the socket object behind it.
 
-The transport is glue: bytes go to `Connection.send`, the connection's callbacks become protocol
-calls.  Backpressure: the core's send queue plays the kernel's socket buffer (SO_SNDBUF); what is
-written beyond it counts as the transport's write buffer, so `pause_writing()` fires above the
-high-water mark and `drain()` waits like on any asyncio transport.
+The transport is glue: bytes go to the connection through the socket layer
+(`ustack.tcp.sock.Socket`), the connection's callbacks become protocol calls.  Backpressure:
+the core's send queue plays the kernel's socket buffer (SO_SNDBUF); what is written beyond it
+counts as the transport's write buffer, so `pause_writing()` fires above the high-water mark
+and `drain()` waits like on any asyncio transport.  Protocols may be plain (`data_received`) or
+buffered (`asyncio.BufferedProtocol`: `get_buffer`/`buffer_updated`), and may be swapped with
+`set_protocol` (as TLS upgrades do).
 """
 from __future__ import annotations
 
@@ -12,123 +15,96 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
+from ustack.tcp import sock as _sock
 from ustack.tcp import states as S
 from ustack.tcp.connection import Connection, ConnectionUser
-from ustack.wire import int_to_ip
 
 if TYPE_CHECKING:  # pragma: no cover
     from ustack.aio.stack import Stack
 
-TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
-TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
-TCP_LINGER2 = getattr(socket, "TCP_LINGER2", 8)
 
+class StackSocket:
+    """What `transport.get_extra_info("socket")` and `server.sockets` give: a socket-like view
+    of a ustack socket (not a kernel socket: `fileno()` is -1).
 
-class SocketOptions:
-    """What `transport.get_extra_info("socket")` returns: setsockopt/getsockopt with the
-    `socket` module's constants, applied to the ustack connection (not a kernel socket)."""
+    `setsockopt`/`getsockopt` take the `socket` module's constants and values (ints, bools,
+    packed bytes) and apply Linux's rules through ustack's socket layer; `getsockopt` with a
+    `buflen` returns bytes as `socket.socket.getsockopt` does."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, sock: _sock.Socket) -> None:
+        self._sock = sock
 
-    def _int(self, value: Any) -> int:
-        if isinstance(value, (bytes, bytearray)):
-            if len(value) != 4:
-                raise OSError(22, "Invalid argument: integer options take 4 bytes")
-            return struct.unpack("i", value)[0]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"option value must be an int or 4 bytes, not {type(value).__name__}")
-        return value
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET
 
-    def setsockopt(self, level: int, option: int, value: Any) -> None:
-        conn = self._conn
-        if level == socket.SOL_SOCKET and option == socket.SO_LINGER:
-            if isinstance(value, (bytes, bytearray)) and len(value) == 8:
-                onoff, linger = struct.unpack("ii", value)
-            elif isinstance(value, tuple) and len(value) == 2:
-                onoff, linger = value
-            else:
-                raise OSError(22, "Invalid argument: SO_LINGER takes struct.pack('ii', onoff, "
-                                  "seconds) or (onoff, seconds)")
-            conn.linger = max(0, linger) if onoff else None
-        elif level == socket.SOL_SOCKET and option == socket.SO_REUSEADDR:
-            conn.reuseaddr = bool(self._int(value))
-            if conn.binding is not None:
-                conn.binding.reuseaddr = conn.reuseaddr   # sk_reuse, kept by TIME-WAIT too
-        elif level == socket.SOL_SOCKET and option == socket.SO_SNDBUF:
-            v = min(self._int(value) & 0xFFFFFFFF, conn.host.sysctl["net.core.wmem_max"])
-            conn.sndbuf = max(4608, 2 * v)  # Linux doubles, with a floor
-            conn.sndbuf_locked = True
-        elif level == socket.SOL_SOCKET and option == socket.SO_RCVBUF:
-            v = min(self._int(value) & 0xFFFFFFFF, conn.host.sysctl["net.core.rmem_max"])
-            conn.rcvbuf = max(2304, 2 * v)
-            conn.rcvbuf_locked = True
-        elif level == socket.IPPROTO_TCP and option == socket.TCP_NODELAY:
-            conn.nodelay = bool(self._int(value))
-            if conn.nodelay:
-                conn._output()
-        elif level == socket.IPPROTO_TCP and option == TCP_LINGER2:
-            v = self._int(value)
-            conn.linger2 = v if v < 0 else (None if v == 0 else v)
-        elif level == socket.IPPROTO_TCP and option == TCP_USER_TIMEOUT:
-            v = self._int(value)
-            if v < 0:
-                raise OSError(22, "Invalid argument: TCP_USER_TIMEOUT must be >= 0 ms")
-            conn.user_timeout = v
-        elif level == socket.IPPROTO_TCP and option == TCP_CONGESTION:
-            name = value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
-            try:
-                conn.congestion_control = name.rstrip("\0")
-            except ValueError as e:
-                raise OSError(2, f"No such file or directory: {e}") from None
-        else:
-            raise OSError(92, f"Protocol not available: ustack does not implement option "
-                              f"({level}, {option})")
+    @property
+    def type(self) -> socket.SocketKind:
+        return socket.SOCK_STREAM
+
+    @property
+    def proto(self) -> int:
+        return socket.IPPROTO_TCP
+
+    def fileno(self) -> int:
+        return -1
+
+    def setsockopt(self, level: int, option: int, value: Any, optlen: int | None = None) -> None:
+        if value is None and optlen is not None:
+            raise OSError(22, "Invalid argument: ustack sockets take no NULL option values")
+        self._sock.setsockopt(level, option, value, optlen)
 
     def getsockopt(self, level: int, option: int, buflen: int = 0) -> Any:
-        conn = self._conn
-        if level == socket.SOL_SOCKET and option == socket.SO_LINGER:
-            onoff, linger = (0, 0) if conn.linger is None else (1, conn.linger)
-            return struct.pack("ii", onoff, linger) if buflen else onoff
-        if level == socket.SOL_SOCKET and option == socket.SO_REUSEADDR:
-            value = int(conn.reuseaddr)
-        elif level == socket.SOL_SOCKET and option == socket.SO_SNDBUF:
-            value = conn.sndbuf
-        elif level == socket.SOL_SOCKET and option == socket.SO_RCVBUF:
-            value = conn.rcvbuf
-        elif level == socket.SOL_SOCKET and option == socket.SO_ERROR:
-            value = getattr(conn.error, "errno", 0) or 0
-        elif level == socket.IPPROTO_TCP and option == socket.TCP_NODELAY:
-            value = int(conn.nodelay)
-        elif level == socket.IPPROTO_TCP and option == TCP_LINGER2:
-            value = conn.linger2 if conn.linger2 is not None else \
-                conn.host.sysctl["net.ipv4.tcp_fin_timeout"]
-        elif level == socket.IPPROTO_TCP and option == socket.TCP_MAXSEG:
-            value = conn._effective_mss()
-        elif level == socket.IPPROTO_TCP and option == TCP_USER_TIMEOUT:
-            value = conn.user_timeout
-        elif level == socket.IPPROTO_TCP and option == TCP_CONGESTION:
-            name = conn.congestion_control.encode()
-            return name.ljust(buflen, b"\0")[:buflen] if buflen else name
-        else:
-            raise OSError(92, f"Protocol not available: ustack does not implement option "
-                              f"({level}, {option})")
-        return struct.pack("i", value) if buflen else value
+        value = self._sock.getsockopt(level, option)
+        if isinstance(value, tuple):                  # SO_LINGER
+            packed = struct.pack("ii", *value)
+            return packed[:buflen] if buflen else value[0]
+        if isinstance(value, bytes):                  # TCP_CONGESTION
+            return value.ljust(buflen, b"\0")[:buflen] if buflen else value
+        return struct.pack("i", value)[:buflen] if buflen else value
 
     def getsockname(self) -> tuple[str, int]:
-        return (int_to_ip(self._conn.laddr), self._conn.lport)
+        return self._sock.getsockname()
 
     def getpeername(self) -> tuple[str, int]:
-        return (int_to_ip(self._conn.raddr), self._conn.rport)
+        return self._sock.getpeername()
+
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def settimeout(self, value: float | None) -> None:
+        if value != 0:
+            raise ValueError("settimeout(): only 0 (non-blocking) is supported on a ustack "
+                             "socket owned by asyncio")
+
+    def setblocking(self, flag: bool) -> None:
+        if flag:
+            raise ValueError("setblocking(True) is not supported on a ustack socket owned by "
+                             "asyncio")
+
+    def __repr__(self) -> str:
+        try:
+            local = "%s:%d" % self.getsockname()
+        except OSError:
+            local = "?"
+        return f"<ustack StackSocket tcp {local}>"
+
+
+# The name earlier releases used for the same object.
+SocketOptions = StackSocket
 
 
 class TcpTransport(asyncio.Transport, ConnectionUser):
     """An asyncio transport whose other end is a ustack TCP connection."""
 
-    def __init__(self, stack: "Stack", conn: Connection, protocol: asyncio.BaseProtocol,
+    _start_tls_compatible = True     # asyncio's loop.start_tls may wrap it
+
+    def __init__(self, stack: "Stack", sock: _sock.Socket, protocol: asyncio.BaseProtocol,
                  waiter: asyncio.Future | None = None) -> None:
         super().__init__()
+        conn = sock.conn
         self._stack = stack
+        self._sock = sock
         self._conn = conn
         self._protocol = protocol
         self._waiter = waiter
@@ -140,9 +116,9 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
         self._high = 64 * 1024
         self._low = 16 * 1024
         self._extra = {
-            "peername": (int_to_ip(conn.raddr), conn.rport),
-            "sockname": (int_to_ip(conn.laddr), conn.lport),
-            "socket": SocketOptions(conn),
+            "peername": sock.getpeername(),
+            "sockname": sock.getsockname(),
+            "socket": StackSocket(sock),
         }
         conn.user = self
         self._update_write_mark()
@@ -163,11 +139,25 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
     def _deliver_data(self) -> None:
         conn = self._conn
         if conn.rcv_queued:
-            data = conn.recv()
+            protocol = self._protocol
             try:
-                self._protocol.data_received(data)  # type: ignore[attr-defined]
+                if isinstance(protocol, asyncio.BufferedProtocol):
+                    # get_buffer/buffer_updated until the queue is empty (or reading pauses)
+                    while conn.rcv_queued and not self._paused_reading and not self._lost:
+                        buf = memoryview(protocol.get_buffer(conn.rcv_queued)).cast("B")
+                        if not len(buf):
+                            raise RuntimeError("get_buffer() returned an empty buffer")
+                        data = conn.recv(len(buf))
+                        buf[:len(data)] = data
+                        protocol.buffer_updated(len(data))
+                        if protocol is not self._protocol:
+                            break           # switched (start_tls): the rest goes next time
+                else:
+                    protocol.data_received(conn.recv())  # type: ignore[attr-defined]
             except BaseException as exc:  # a protocol's bug must not break the stack
                 self._fatal(exc, "data_received")
+                return
+            if conn.rcv_queued:
                 return
         if conn.rcv_fin and not conn.rcv_queued and not self._eof_delivered and not self._lost:
             self._eof_delivered = True
@@ -269,7 +259,7 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
         if not data:
             return
         self._stack._sync_time()
-        self._conn.send(data)
+        self._sock.write(data)
         self._stack._kick()
         self._maybe_pause()
 
@@ -284,7 +274,10 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
         if self._closing or self._lost:
             return
         self._stack._sync_time()
-        self._conn.shutdown_write()
+        try:
+            self._sock.shutdown(_sock.SHUT_WR)
+        except OSError:
+            pass                     # not connected any more: nothing to shut down
         self._stack._kick()
 
     def close(self) -> None:
@@ -298,17 +291,16 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
         self._closing = True
         stack = self._stack
         stack._sync_time()
-        conn = self._conn
-        linger = conn.linger
-        conn.close()
+        try:
+            self._sock.close()
+        except _sock.WouldBlock as wait:   # SO_LINGER {1, N}: released when the FIN is ACKed
+            stack._kick()
+            stack._loop.create_task(self._linger_wait(wait.timeout_s or 0))
+            return
         stack._kick()
-        if linger and conn.state not in (S.CLOSED, S.FIN_WAIT_2, S.TIME_WAIT) \
-                and conn.fin_queued:
-            stack._loop.create_task(self._linger_wait(linger))
-        else:
-            stack._loop.call_soon(self._connection_lost, None)
+        stack._loop.call_soon(self._connection_lost, None)
 
-    async def _linger_wait(self, seconds: int) -> None:
+    async def _linger_wait(self, seconds: float) -> None:
         """Linux sk_stream_wait_close: sleep until the state leaves FIN-WAIT-1, CLOSING and
         LAST-ACK (woken by Host.state_changed) or the linger time ends; the orphan goes on."""
         conn, host = self._conn, self._stack.host
@@ -327,9 +319,20 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
             return
         self._closing = True
         self._stack._sync_time()
-        self._conn.abort()
+        self._sock.abort()
         self._stack._kick()
         self._stack._loop.call_soon(self._connection_lost, None)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        """Reset and report `exc` to the protocol (asyncio's SSL protocol calls this on a
+        fatal TLS error, as on asyncio's own transports)."""
+        if self._lost:
+            return
+        self._closing = True
+        self._stack._sync_time()
+        self._sock.abort()
+        self._stack._kick()
+        self._stack._loop.call_soon(self._connection_lost, exc)
 
     # ---------------------------------------------------------------- internals
     def _fatal(self, exc: BaseException, where: str) -> None:
