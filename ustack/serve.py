@@ -5,11 +5,14 @@ in the root namespace) and says how to enter it.  While it runs, `ustack ss` and
 ask it for its sockets and counters over a local control socket (see ustack.control for the
 protocol); only root may use it (checked with SO_PEERCRED).  On SIGINT or SIGTERM it closes its
 servers and connections, removes the TUN device and the control socket, and exits 0.
+With --pcap FILE every packet of the TUN device is recorded (ustack.pcap.PcapTap), flushed
+every second so that tcpdump -r can read the file while the server runs.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -18,16 +21,16 @@ import stat
 import struct
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from ustack.control import DEFAULT_PATH
 
 APP_PORTS = {"echo": 7, "discard": 9, "http": 80}
-SS_HEADER = (f"{'State':<11} {'Recv-Q':<6} {'Send-Q':<6} {'Local Address:Port':<21} "
-             f"{'Peer Address:Port':<21} Timer")
 REQUEST_TIMEOUT = 5.0
 MAX_REQUEST = 4096
+PCAP_FLUSH_INTERVAL = 1.0   # seconds: a capture can be read while the server runs
 
 
 class ServeError(Exception):
@@ -116,21 +119,28 @@ def peer_uid(writer: asyncio.StreamWriter) -> int | None:
     return uid
 
 
-def answer(stack: Any, req: Any) -> dict[str, Any]:
+def socket_record(info: Any) -> dict[str, Any]:
+    """One ConnInfo as the control protocol's JSON record (its fields; tuples as lists)."""
+    return {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
+
+
+def answer(stack: Any, req: Any, server_id: str | None = None) -> dict[str, Any]:
+    """The response to one control request (see ustack.control for the protocol)."""
     if not isinstance(req, dict):
         return {"error": "a request is a JSON object"}
     cmd = req.get("cmd")
     if cmd == "ss":
-        return {"header": SS_HEADER, "lines": [str(c) for c in stack.connections()]}
+        return {"sockets": [socket_record(c) for c in stack.connections()]}
     if cmd == "nstat":
-        counters = stack.counters
-        values = dict(counters.values) if req.get("all") else counters.nonzero()
-        return {"counters": values}
+        # every counter, zeros too: the client prints increments or absolute values, with or
+        # without zeros, as nstat's options say
+        return {"counters": dict(stack.counters.values), "server": server_id}
     return {"error": f"unknown request {cmd!r} (ss, nstat)"}
 
 
-def control_handler(stack: Any) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
-                                             Awaitable[None]]:
+def control_handler(stack: Any, server_id: str | None = None
+                    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """The control socket's connection handler: one request line, one response line."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
@@ -144,7 +154,7 @@ def control_handler(stack: Any) -> Callable[[asyncio.StreamReader, asyncio.Strea
                              f"(you are uid {uid})"}
             else:
                 try:
-                    resp = answer(stack, json.loads(line))
+                    resp = answer(stack, json.loads(line), server_id)
                 except ValueError:
                     resp = {"error": "a request is one line of JSON"}
             writer.write(json.dumps(resp).encode() + b"\n")
@@ -159,24 +169,29 @@ def control_handler(stack: Any) -> Callable[[asyncio.StreamReader, asyncio.Strea
 # ------------------------------------------------------------------ the server
 async def run(app: str, port: int, ifname: str, address: str, kernel_address: str,
               sysctl: dict[str, str], control: socket.socket, control_path: str,
-              allow_root_namespace: bool) -> int:
+              allow_root_namespace: bool, pcap: Any = None) -> int:
+    """Serve until SIGINT/SIGTERM; `pcap` (a PcapWriter) records the TUN device's packets."""
     from ustack import Stack
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        # pcap: everything the TUN device carries is recorded (the writer is closed with
+        # the link)
         stack = Stack.tun(ifname, address, kernel_address, sysctl=sysctl,
-                          allow_root_namespace=allow_root_namespace)
+                          allow_root_namespace=allow_root_namespace, pcap=pcap)
     except (KeyError, ValueError) as e:
         raise ServeError(f"bad setting: {e.args[0] if e.args else e}") from None
     try:
         await stack.start()
     except (OSError, RuntimeError) as e:
         raise ServeError(f"cannot open TUN device {ifname}: {e}") from None
+    flusher = asyncio.create_task(_flush_periodically(pcap)) if pcap is not None else None
     try:
         await stack.start_server(app_handler(app), port=port)
-        ctl = await asyncio.start_unix_server(control_handler(stack), sock=control)
+        server_id = f"{os.getpid()}-{time.time_ns()}"
+        ctl = await asyncio.start_unix_server(control_handler(stack, server_id), sock=control)
         print(f"ustack serve: {app} on {address}:{port} (TUN {ifname}, kernel side "
               f"{kernel_address}); control socket {control_path}; SIGINT/SIGTERM to stop",
               flush=True)
@@ -185,15 +200,26 @@ async def run(app: str, port: int, ifname: str, address: str, kernel_address: st
         finally:
             ctl.close()
     finally:
+        if flusher is not None:
+            flusher.cancel()
         await stack.aclose()
     print("ustack serve: stopped; TUN device and control socket removed", flush=True)
     return 0
 
 
+async def _flush_periodically(writer: Any) -> None:
+    """Flush a capture every PCAP_FLUSH_INTERVAL seconds, until cancelled."""
+    while True:
+        await asyncio.sleep(PCAP_FLUSH_INTERVAL)
+        writer.flush()
+
+
 def main(app: str, port: int | None, ifname: str, address: str, kernel_address: str,
          control_path: str = DEFAULT_PATH, sysctls: list[str] | None = None, *,
          in_current_namespace: bool = False, allow_root_namespace: bool = False,
-         use_uvloop: bool = True) -> int:
+         use_uvloop: bool = True, pcap: str | None = None) -> int:
+    """`ustack serve`: returns the exit status (1 with a one-line message if it cannot run).
+    `pcap`: a file (or "-" for standard output) to record every packet of the TUN device in."""
     from ustack.netns import Netns, in_root_namespace
     port = APP_PORTS[app] if port is None else port
     try:
@@ -202,6 +228,18 @@ def main(app: str, port: int | None, ifname: str, address: str, kernel_address: 
             raise ServeError("--in-current-namespace: this is the root network namespace; "
                              "ustack puts no TUN device here unless --allow-root-namespace")
         with contextlib.ExitStack() as cleanup:
+            writer = None
+            if pcap is not None:
+                from ustack.pcap import PcapWriter
+                try:
+                    writer = PcapWriter(pcap)
+                except OSError as e:
+                    raise ServeError(str(e)) from None
+                cleanup.callback(_report_pcap, writer)
+                if pcap == "-":
+                    # standard output carries the capture (ustack serve --pcap - | tcpdump
+                    # -r -): the messages go to standard error
+                    cleanup.enter_context(contextlib.redirect_stdout(sys.stderr))
             if not in_current_namespace:
                 ns = cleanup.enter_context(Netns())
                 print(f"ustack serve: private network namespace net:[{ns.inode}], removed on "
@@ -209,7 +247,7 @@ def main(app: str, port: int | None, ifname: str, address: str, kernel_address: 
                       f"{threading.get_native_id()}/ns/net", flush=True)
             control = cleanup.enter_context(control_socket(control_path))
             coro = run(app, port, ifname, address, kernel_address, sysctl, control,
-                       control_path, allow_root_namespace)
+                       control_path, allow_root_namespace, writer)
             if use_uvloop:
                 import uvloop
                 return uvloop.run(coro)
@@ -220,3 +258,14 @@ def main(app: str, port: int | None, ifname: str, address: str, kernel_address: 
     except PermissionError as e:
         print(f"ustack serve: {e.strerror or e}", file=sys.stderr)
         return 1
+
+
+def _report_pcap(writer: Any) -> None:
+    """Close the capture and say what is in it (on stderr if it was written to stdout)."""
+    writer.close()
+    if writer.error is not None:
+        print(f"ustack serve: the capture stopped after {writer.packets} packets: "
+              f"{writer.error.strerror or writer.error} ({writer.dropped} packets not written "
+              f"to {writer.name})", file=sys.stderr, flush=True)
+    else:
+        print(f"ustack serve: {writer.packets} packets written to {writer.name}", flush=True)
