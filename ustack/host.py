@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ustack._segment import ACK, FIN, RST, SYN, build_ipv4, build_tcp, internet_checksum, \
     parse_ipv4, parse_tcp
@@ -54,7 +54,7 @@ class Listener:
     """A LISTEN socket: a port, a backlog and the queue of established children."""
 
     __slots__ = ("host", "port", "backlog", "user", "accept_queue", "qlen", "young", "closed",
-                 "binding", "group", "_rwin", "last_overflow", "child_options")
+                 "binding", "group", "_rwin", "last_overflow", "child_options", "queued")
 
     def __init__(self, host: "Host", binding: PortBinding, backlog: int,
                  user: ListenerUser) -> None:
@@ -70,6 +70,7 @@ class Listener:
         self.last_overflow = -(1 << 40)   # when the SYN queue last overflowed (cookies sent)
         # socket options the children get when they are created (Linux clones the listener)
         self.child_options: dict[str, Any] = {}
+        self.queued = False      # an accept notification waits on the host's event queue
         self.closed = False
         # the SO_REUSEPORT listeners of this port, in the order they started listening
         self.group: list[Listener] = [self]
@@ -110,6 +111,12 @@ class Listener:
             got = self._rwin[(mss, rcvbuf)] = (initial_window(full, clamp, mss),
                                                initial_wscale(sysctl, full, clamp))
         return got
+
+    def dispatch(self) -> None:
+        """Tell the owner that connections wait to be accepted (from Host.drain_events)."""
+        self.queued = False
+        if self.accept_queue and not self.closed:
+            self.user.tcp_accept(self)
 
     def accept(self) -> Connection | None:
         """Pop one established connection (accept()), or None when the queue is empty."""
@@ -237,10 +244,32 @@ class Host:
         self.on_output = None  # optional callable: the adapter's "something to send" hook
         # connection -> callable: a lingering close() waiting for the FIN's ACK (state_changed)
         self.close_waiters: dict[Connection, Any] = {}
+        # Notifications for the layer above, run when a public call (receive, advance, a
+        # socket call) ends: never in the middle of a state transition.
+        self.events: deque[Callable[[], None]] = deque()
+        self._draining = False
 
     # ------------------------------------------------------------------ clock
+    def drain_events(self) -> None:
+        """Run the queued notifications (user callbacks).  Callbacks may call back into the
+        core; what they cause is run by the same loop, in order."""
+        if self._draining:
+            return
+        self._draining = True
+        events = self.events
+        try:
+            while events:
+                events.popleft()()
+        finally:
+            self._draining = False
+
     def advance(self, now: int) -> None:
-        """Move time to `now` (ms) and run every timer that is due."""
+        """Move time to `now` (ms), run every timer that is due, then the notifications."""
+        self._advance(now)
+        if self.events:
+            self.drain_events()
+
+    def _advance(self, now: int) -> None:
         if now < self.now:
             now = self.now
         self.now = now
@@ -272,8 +301,16 @@ class Host:
         return out
 
     # ------------------------------------------------------------------ input
-    def receive(self, data: bytes) -> None:
-        """One IPv4 datagram from the link.  Malformed input is counted and dropped."""
+    def receive(self, data: bytes, now: int | None = None) -> None:
+        """One IPv4 datagram from the link at time `now` (ms; None: the host's clock as it
+        is).  Malformed input is counted and dropped.  Notifications run at the end."""
+        if now is not None and now > self.now:
+            self._advance(now)
+        self._receive(data)
+        if self.events:
+            self.drain_events()
+
+    def _receive(self, data: bytes) -> None:
         mib = self.mib
         ip = parse_ipv4(data, mib)
         if ip is None:
@@ -564,14 +601,16 @@ class Host:
         if self.close_waiters and new not in _CLOSING_STATES:
             wake = self.close_waiters.pop(conn, None)
             if wake is not None:
-                wake()
+                self.events.append(wake)
 
     def child_established(self, conn: Connection) -> None:
         listener = conn.listener
         if listener is None or listener.closed:
             return
         listener.accept_queue.append(conn)
-        listener.user.tcp_accept(listener)
+        if not listener.queued:
+            listener.queued = True
+            self.events.append(listener.dispatch)
 
     def unlink(self, conn: Connection) -> None:
         if self.conns.get(conn.key) is conn:

@@ -133,7 +133,7 @@ class Server(ListenerUser):
         """The listening socket, as asyncio.Server.sockets (getsockname, options)."""
         if not self._serving:
             return ()
-        return (StackSocket(self._sock),)
+        return (StackSocket(self._sock, self._stack._now),)
 
     @property
     def port(self) -> int:
@@ -152,8 +152,7 @@ class Server(ListenerUser):
         if not self._serving:
             return
         self._serving = False
-        self._stack._sync_time()
-        self._sock.close()
+        self._sock.close(now=self._stack._now())
         self._stack._servers.discard(self)
         self._stack._kick()
         if not self._closed.done():
@@ -374,17 +373,17 @@ class Stack:
                 raise OSError(99, f"Cannot assign requested address: {h} is not this stack's "
                                   f"address {int_to_ip(self.host.address)}")
         _check_port(port)
-        self._sync_time()
         if reuse_address is None:
             reuse_address = True    # as asyncio's create_server on Unix
         sock = _sock.Socket(self.host)
-        sock.setsockopt(_sock.SOL_SOCKET, _sock.SO_REUSEADDR, bool(reuse_address))
-        sock.setsockopt(_sock.SOL_SOCKET, _sock.SO_REUSEPORT, bool(reuse_port))
+        now = self._now()
+        sock.setsockopt(_sock.SOL_SOCKET, _sock.SO_REUSEADDR, bool(reuse_address), now=now)
+        sock.setsockopt(_sock.SOL_SOCKET, _sock.SO_REUSEPORT, bool(reuse_port), now=now)
         try:
-            sock.bind(port)
-            sock.listen(backlog)
+            sock.bind(port, now=now)
+            sock.listen(backlog, now=now)
         except BaseException:
-            sock.abort()
+            sock.abort(now=now)
             raise
         server = Server(self, sock, protocol_factory, sslcontext, ssl_handshake_timeout,
                         ssl_shutdown_timeout)
@@ -451,22 +450,22 @@ class Stack:
                 raise OSError(99, f"Cannot assign requested address: {laddr} is not this "
                                   f"stack's address {int_to_ip(self.host.address)}")
             _check_port(lport, "local_addr port")
-        self._sync_time()
+        now = self._now()
         sock = _sock.Socket(self.host, nonblock=True)
         if options:
             options = dict(options)
             if "reuseaddr" in options:
                 sock.setsockopt(_sock.SOL_SOCKET, _sock.SO_REUSEADDR,
-                                bool(options.pop("reuseaddr")))
+                                bool(options.pop("reuseaddr")), now=now)
             sock.extra_options = options       # connection fields set before the SYN
         try:
             if lport:
-                sock.bind(lport)
-            sock.connect(raddr, port)
+                sock.bind(lport, now=now)
+            sock.connect(raddr, port, now=now)
         except BlockingIOError:
             pass                                   # EINPROGRESS: the SYN is out
         except BaseException:
-            sock.abort()                           # a failed bind/connect lets the port go
+            sock.abort(now=now)                    # a failed bind/connect lets the port go
             raise
         sock.nonblock = False                      # close() waits for SO_LINGER as Linux
         waiter = self._loop.create_future()
@@ -488,8 +487,7 @@ class Stack:
                 await asyncio.wait_for(waiter, timeout)
         except BaseException:
             if sock.conn is not None and sock.conn.state != S.CLOSED:
-                self._sync_time()
-                sock.abort()
+                sock.abort(now=self._now())
                 self._kick()
             raise
         sock.connecting, sock.connected = False, True

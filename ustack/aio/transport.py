@@ -31,8 +31,9 @@ class StackSocket:
     packed bytes) and apply Linux's rules through ustack's socket layer; `getsockopt` with a
     `buflen` returns bytes as `socket.socket.getsockopt` does."""
 
-    def __init__(self, sock: _sock.Socket) -> None:
+    def __init__(self, sock: _sock.Socket, clock: Any = None) -> None:
         self._sock = sock
+        self._clock = clock        # the stack's clock (ms): time comes in with each call
 
     @property
     def family(self) -> socket.AddressFamily:
@@ -52,7 +53,8 @@ class StackSocket:
     def setsockopt(self, level: int, option: int, value: Any, optlen: int | None = None) -> None:
         if value is None and optlen is not None:
             raise OSError(22, "Invalid argument: ustack sockets take no NULL option values")
-        self._sock.setsockopt(level, option, value, optlen)
+        self._sock.setsockopt(level, option, value, optlen,
+                              now=self._clock() if self._clock is not None else None)
 
     def getsockopt(self, level: int, option: int, buflen: int = 0) -> Any:
         value = self._sock.getsockopt(level, option)
@@ -118,7 +120,7 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
         self._extra = {
             "peername": sock.getpeername(),
             "sockname": sock.getsockname(),
-            "socket": StackSocket(sock),
+            "socket": StackSocket(sock, stack._now),
         }
         conn.user = self
         self._update_write_mark()
@@ -258,8 +260,7 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
             return  # like asyncio: writes after the connection died are dropped
         if not data:
             return
-        self._stack._sync_time()
-        self._sock.write(data)
+        self._sock.write(data, now=self._stack._now())
         self._stack._kick()
         self._maybe_pause()
 
@@ -273,9 +274,8 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
         """shutdown(SHUT_WR): FIN after what is queued; reading goes on."""
         if self._closing or self._lost:
             return
-        self._stack._sync_time()
         try:
-            self._sock.shutdown(_sock.SHUT_WR)
+            self._sock.shutdown(_sock.SHUT_WR, now=self._stack._now())
         except OSError:
             pass                     # not connected any more: nothing to shut down
         self._stack._kick()
@@ -290,9 +290,8 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
             return
         self._closing = True
         stack = self._stack
-        stack._sync_time()
         try:
-            self._sock.close()
+            self._sock.close(now=stack._now())
         except _sock.WouldBlock as wait:   # SO_LINGER {1, N}: released when the FIN is ACKed
             stack._kick()
             stack._loop.create_task(self._linger_wait(wait.timeout_s or 0))
@@ -318,8 +317,7 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
         if self._lost:
             return
         self._closing = True
-        self._stack._sync_time()
-        self._sock.abort()
+        self._sock.abort(now=self._stack._now())
         self._stack._kick()
         self._stack._loop.call_soon(self._connection_lost, None)
 
@@ -329,8 +327,7 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
         if self._lost:
             return
         self._closing = True
-        self._stack._sync_time()
-        self._sock.abort()
+        self._sock.abort(now=self._stack._now())
         self._stack._kick()
         self._stack._loop.call_soon(self._connection_lost, exc)
 

@@ -109,7 +109,7 @@ class Connection(ReceiveSide, SendSide):
         "reuseaddr", "binding", "orphan", "error", "probes",
         # keepalive (SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT; 0: the sysctl) and its timer
         "keepalive", "keepidle", "keepintvl", "keepcnt", "t_keep", "rcv_tstamp",
-        "closed_notified", "created", "_notify",
+        "closed_notified", "created", "_notify", "_queued",
     )
 
     def __init__(self, host: "Host", raddr: int, rport: int, lport: int,
@@ -227,6 +227,7 @@ class Connection(ReceiveSide, SendSide):
         self.closed_notified = False
         self.created = now
         self._notify = 0
+        self._queued = False           # on the host's event queue
 
     # ------------------------------------------------------------------ state
     def _set_state(self, new: int) -> None:
@@ -1754,7 +1755,15 @@ class Connection(ReceiveSide, SendSide):
             self.closed_notified = True
 
     def _deliver(self) -> None:
-        """Run the user callbacks collected while processing (never in mid-transition)."""
+        """Queue this connection's notifications on the host's event queue (once); the host
+        runs the user callbacks when its public call ends, never in mid-transition."""
+        if self._notify and not self._queued:
+            self._queued = True
+            self.host.events.append(self._dispatch)
+
+    def _dispatch(self) -> None:
+        """Run the user callbacks collected while processing (called by Host.drain_events)."""
+        self._queued = False
         note = self._notify
         if not note:
             return

@@ -22,8 +22,9 @@ TCP_CONGESTION as bytes or str.  Values are clamped or refused the way Linux doe
 from __future__ import annotations
 
 import errno as E
+import functools
 import struct
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from . import states as S
 
@@ -88,10 +89,30 @@ def int_value(value: Any, what: str = "option") -> int:
                     f"not {type(value).__name__}")
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _entry(fn: F) -> F:
+    """A public entry of the core: time comes in (`now=`, ms on the host's clock: due timers
+    run first), and the notifications it caused run when it ends."""
+    @functools.wraps(fn)
+    def call(self: "Socket", *args: Any, now: int | None = None, **kw: Any) -> Any:
+        host = self.host
+        if now is not None:
+            host.advance(now)
+        try:
+            return fn(self, *args, **kw)
+        finally:
+            if host.events:
+                host.drain_events()
+    return call  # type: ignore[return-value]
+
+
 class Socket:
     """One TCP socket of a :class:`ustack.host.Host` with Linux's socket-call semantics.
 
-    ``notes`` collects :data:`GAPS` keys the socket ran into."""
+    Every call that changes something takes an optional ``now=`` (the caller's clock in ms)
+    and runs the notifications it caused before it returns.  ``notes`` collects :data:`GAPS` keys the socket ran into."""
 
     family = AF_INET
     type = SOCK_STREAM
@@ -208,6 +229,7 @@ class Socket:
             raise _err(E.EBADF, "the socket is closed")
 
     # ---------------------------------------------------------------- calls
+    @_entry
     def bind(self, port: int) -> None:
         self._check_open()
         if not 0 <= port <= 65535:
@@ -222,6 +244,7 @@ class Socket:
         self.port = self.binding.port
         self.explicit_port = port != 0
 
+    @_entry
     def listen(self, backlog: int) -> None:
         self._check_open()
         if self.listener is not None:
@@ -249,6 +272,7 @@ class Socket:
         if self.listener is not None:
             self.listener.child_options = self.conn_options()
 
+    @_entry
     def accept(self) -> "Socket":
         """A new Socket for the first established child (EAGAIN/WouldBlock when none)."""
         self._check_open()
@@ -278,6 +302,7 @@ class Socket:
         child.connected = True
         return child
 
+    @_entry
     def connect(self, raddr: int, port: int | None) -> None:
         """connect(); ``port`` None is connect(AF_UNSPEC) (tcp_disconnect)."""
         self._check_open()
@@ -366,6 +391,7 @@ class Socket:
             self.binding.release()
             self.binding = None
 
+    @_entry
     def recv(self, n: int, flags: int = 0) -> bytes:
         """tcp_recvmsg: up to n bytes; b"" at EOF."""
         self._check_open()
@@ -398,6 +424,7 @@ class Socket:
             raise WouldBlock(attempt)
         return attempt()
 
+    @_entry
     def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
         """tcp_sendmsg: what fits in the send buffer; a blocking socket waits for the rest."""
         self._check_open()
@@ -442,6 +469,7 @@ class Socket:
             raise WouldBlock(attempt)
         return attempt()
 
+    @_entry
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue all of ``data`` beyond the send buffer (an asyncio transport's write: what
         does not fit waits in user space, counted as the transport's buffer)."""
@@ -451,6 +479,7 @@ class Socket:
             raise _err(E.EPIPE)
         conn.send(data)
 
+    @_entry
     def close(self) -> None:
         """close(): a listener stops (its unaccepted children are reset); a connection goes
         on as an orphan or is reset (unread data, SO_LINGER {1, 0}).  With SO_LINGER {1, N} a
@@ -478,6 +507,7 @@ class Socket:
                 return 0
             raise WouldBlock(wait, timeout_s=secs, timeout_result=0)
 
+    @_entry
     def abort(self) -> None:
         """Reset and release at once (close with SO_LINGER {1, 0}, as asyncio's abort())."""
         if self.closed:
@@ -491,6 +521,7 @@ class Socket:
         if self.conn is not None:
             self.conn.abort()
 
+    @_entry
     def shutdown(self, how: int) -> None:
         self._check_open()
         if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
@@ -520,6 +551,7 @@ class Socket:
             conn.shutdown_write()
 
     # ---------------------------------------------------------------- options
+    @_entry
     def setsockopt(self, level: int, name: int, value: Any, optlen: int | None = None) -> None:
         """setsockopt(2).  ``optlen`` defaults to the value's size (as the socket module)."""
         self._check_open()
