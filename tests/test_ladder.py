@@ -204,3 +204,63 @@ def test_cli_ladder(life, tmp_path) -> None:
     r = subprocess.run([sys.executable, "-m", "ustack", "ladder", str(tmp_path / "none.pcap")],
                        capture_output=True, text=True, env=env, timeout=30)
     assert r.returncode == 1 and "No such file" in r.stderr and "Traceback" not in r.stderr
+
+
+
+def test_event_log_records_a_life_and_draws_its_ladder() -> None:
+    """ustack.event_log keeps each connection's states, timers, retransmissions and segments;
+    the log alone draws the ladder (no capture), TIME-WAIT band included."""
+    from ustack.ladder import segments_from_log
+
+    a, b, wire = Stack.memory_pair(sysctl={"ustack.event_log": 1000})
+    lost: list[bytes] = []
+
+    def lose_first_data(direction: str, packet: bytes) -> bool:
+        if direction == "a->b" and packet.endswith(b"hello") and not lost:
+            lost.append(packet)
+            return True
+        return False
+    wire.drop_if(lose_first_data)
+
+    async def main() -> tuple[int, list, list]:
+        async def echo(reader, writer):
+            writer.write(await reader.read(100))
+            await writer.drain()
+            writer.close()
+        async with a, b:
+            await b.start_server(echo, port=7)
+            reader, writer = await a.open_connection("198.18.0.2", 7)
+            lport = writer.get_extra_info("sockname")[1]
+            writer.write(b"hello")
+            assert await reader.read() == b"hello"
+            writer.close()
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if any(c.state == "TIME-WAIT" for c in a.connections() + b.connections()):
+                    break
+            return (lport, a.event_log(lport, ("198.18.0.2", 7)),
+                    b.event_log(7, ("198.18.0.1", lport)))
+
+    lport, client, server = asyncio.run(main())
+    assert lost, "the data segment was not lost"
+    # the client lost its data: the timer that fired and the retransmission are in its log
+    kinds = [e.kind for e in client]
+    assert ("timer", ("rto",)) in [(e.kind, e.detail) for e in client] or \
+        ("timer", ("loss-probe",)) in [(e.kind, e.detail) for e in client], client
+    assert any(e.kind == "retransmit" and e.detail[1] == 5 for e in client), client
+    # the server closed first (the echo handler): it went through TIME-WAIT
+    states = [e.detail[1] for e in server if e.kind == "state"]
+    assert states[:2] == ["SYN-RECV", "ESTAB"], states
+    assert "FIN-WAIT-1" in states and any(e.kind == "timewait" and e.detail[0] == "TIME-WAIT"
+                                          for e in server), server
+    assert kinds.count("in") >= 3 and kinds.count("out") >= 3
+    times = [e.t for e in client]
+    assert times == sorted(times)
+    svg = ladder_svg(segments_from_log(server, ("198.18.0.2", 7), ("198.18.0.1", lport)))
+    root = ET.fromstring(svg)
+    assert root.tag.endswith("svg")
+    assert "TIME-WAIT" in svg
+    # no log unless asked for
+    quiet, _, _ = Stack.memory_pair()
+    assert quiet.host.sysctl["ustack.event_log"] == 0
+    assert quiet.host.event_log(1, "198.18.0.2", 7) == []

@@ -248,8 +248,31 @@ class Host:
         # socket call) ends: never in the middle of a state transition.
         self.events: deque[Callable[[], None]] = deque()
         self._draining = False
+        # event logs (ustack.event_log): (lport, raddr, rport) -> the newest incarnation's
+        # events, for the last MAX_LOGS connections
+        self.logs: dict[tuple[int, int, int], deque] = {}
 
     # ------------------------------------------------------------------ clock
+    MAX_LOGS = 4096
+
+    def new_log(self, conn: Connection) -> deque:
+        """A connection's event log, kept here after the connection is gone."""
+        log: deque = deque(maxlen=self.sysctl["ustack.event_log"])
+        logs = self.logs
+        key = (conn.lport, conn.raddr, conn.rport)
+        logs.pop(key, None)
+        logs[key] = log
+        while len(logs) > self.MAX_LOGS:
+            del logs[next(iter(logs))]
+        return log
+
+    def event_log(self, lport: int, raddr: int | str, rport: int) -> list[Any]:
+        """The event log of the newest connection with this 4-tuple (LogEvent entries), or
+        [] when there is none (ustack.event_log is 0, or it was dropped as too old)."""
+        if isinstance(raddr, str):
+            raddr = ip_to_int(raddr)
+        return list(self.logs.get((lport, raddr, rport), ()))
+
     def drain_events(self) -> None:
         """Run the queued notifications (user callbacks).  Callbacks may call back into the
         core; what they cause is run by the same loop, in order."""

@@ -109,6 +109,22 @@ def parse_segments(packets: Iterable[Sequence[Any]]) -> list[Segment]:
     return out
 
 
+def segments_from_log(events: Iterable[Any], local: Endpoint,
+                      remote: Endpoint) -> list[Segment]:
+    """Segments from a connection's event log (`Stack.event_log`: "in"/"out" entries of
+    LogEvent(ms, kind, (flags, seq, ack, window, length))) between `local` (ustack's end) and
+    `remote`, so a ladder can be drawn without a capture."""
+    out = []
+    for ev in events:
+        t, kind, detail = ev[0], ev[1], ev[2]
+        if kind not in ("in", "out"):
+            continue
+        flags, seq, ack, window, length = detail
+        src, dst = (local, remote) if kind == "out" else (remote, local)
+        out.append(Segment(t / 1000.0, src, dst, seq, ack, flags, window, length))
+    return out
+
+
 # -------------------------------------------------------------------- connections
 @dataclass(frozen=True)
 class Conn:

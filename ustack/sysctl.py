@@ -77,6 +77,7 @@ DEFAULTS: dict[str, tuple[Any, Any, int, int]] = {
     "ustack.tcp_tw_recycle": (0, int, 0, 1),   # Linux < 4.12's experiment: see RECYCLE_WARNING
     "ustack.tcp_tw_silent_syn": (0, int, 0, 1),
     "ustack.tcp_tw_compact": (1, int, 0, 1),   # read when the stack starts: see twtable.py
+    "ustack.event_log": (0, int, 0, 1 << 20),  # events kept per connection (0: no log)
 }
 
 

@@ -574,6 +574,13 @@ class Stack:
             self._sync_time()
         return self.host.connections()
 
+    def event_log(self, local_port: int, remote: tuple[str, int]) -> list[Any]:
+        """The event log of the newest connection between `local_port` and `remote` (set
+        `ustack.event_log` to the number of events to keep per connection first):
+        LogEvent(ms, kind, detail) entries for state changes, timers, retransmissions and
+        segments in and out; `ustack.ladder.segments_from_log` turns it into a ladder."""
+        return self.host.event_log(local_port, remote[0], remote[1])
+
     @property
     def counters(self) -> Counters:
         return self.host.counters

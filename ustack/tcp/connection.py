@@ -16,7 +16,7 @@ segments lost instead), so `snd_max`, the highest sequence number ever sent, equ
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ustack._segment import ACK, FIN, RST, SYN, build_tcp
 from ustack.tcp import cong
@@ -55,6 +55,22 @@ def retransmits_timed_out(boundary: int, rto_base: int) -> int:
     if boundary <= thresh:
         return ((2 << boundary) - 1) * rto_base
     return ((2 << thresh) - 1) * rto_base + (boundary - thresh) * TCP_RTO_MAX
+
+
+class LogEvent(NamedTuple):
+    """One entry of a connection's event log: when (ms, the host's clock), what, details.
+
+    kinds: "state" (old, new), "timer" (which: rto, loss-probe, reorder, delack, persist,
+    fin-wait-2, keepalive), "retransmit" (seq, length), "in"/"out" (flags, seq, ack, window,
+    payload length), "timewait" (substate, lifetime ms)."""
+
+    t: int
+    kind: str
+    detail: tuple
+
+
+_RTO_KINDS = {T_RETRANS: "rto", T_LOSS_PROBE: "loss-probe", T_REO_TIMEOUT: "reorder"}
+_MISC_KINDS = {T_PROBE0: "persist", T_FIN_WAIT2: "fin-wait-2"}
 
 
 class ConnectionUser:
@@ -109,7 +125,7 @@ class Connection(ReceiveSide, SendSide):
         "reuseaddr", "binding", "orphan", "error", "probes",
         # keepalive (SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT; 0: the sysctl) and its timer
         "keepalive", "keepidle", "keepintvl", "keepcnt", "t_keep", "rcv_tstamp",
-        "closed_notified", "created", "_notify", "_queued",
+        "closed_notified", "created", "_notify", "_queued", "log",
     )
 
     def __init__(self, host: "Host", raddr: int, rport: int, lport: int,
@@ -228,6 +244,9 @@ class Connection(ReceiveSide, SendSide):
         self.created = now
         self._notify = 0
         self._queued = False           # on the host's event queue
+        # the event log (ustack.event_log > 0): state changes, timers, retransmissions and
+        # every segment in and out, as LogEvent(ms, kind, detail)
+        self.log = host.new_log(self) if sysctl["ustack.event_log"] else None
 
     # ------------------------------------------------------------------ state
     def _set_state(self, new: int) -> None:
@@ -243,7 +262,15 @@ class Connection(ReceiveSide, SendSide):
             if new == S.CLOSED:
                 mib["TcpEstabResets"] += 1  # Linux tcp_set_state: any close from these states
         self.state = new
+        if self.log is not None:
+            self.note("state", S.NAMES[old], S.NAMES[new])
         self.host.state_changed(self, old, new)
+
+    def note(self, kind: str, *detail: Any) -> None:
+        """Add an event to this connection's log (when it keeps one)."""
+        log = self.log
+        if log is not None:
+            log.append(LogEvent(self.host.now, kind, detail))
 
     @property
     def state_name(self) -> str:
@@ -384,6 +411,8 @@ class Connection(ReceiveSide, SendSide):
                 self.laddr, self.raddr, self.lport, self.rport, seq, ack, flags, window, payload,
                 ts_val=ts_val, ts_ecr=ts_ecr, sack_blocks=sack_blocks, ttl=host.ttl)
         host.output(pkt)
+        if self.log is not None:
+            self.note("out", flags, seq, ack, window, len(payload))
         if flags & RST:
             host.mib["TcpOutRsts"] += 1
 
@@ -519,6 +548,13 @@ class Connection(ReceiveSide, SendSide):
     def on_timer(self) -> None:
         """Called by the host when this connection's wheel entry fires."""
         now = self.host.now
+        if self.log is not None:
+            for kind, when in (("delack", self.t_delack),
+                               (_RTO_KINDS.get(self.rto_kind, "rto"), self.t_rto),
+                               (_MISC_KINDS.get(self.misc_kind, "misc"), self.t_misc),
+                               ("keepalive", self.t_keep)):
+                if when <= now:
+                    self.note("timer", kind)
         if self.t_delack <= now:
             self.t_delack = NEVER
             if self.ack_pending and self.state != S.CLOSED:
@@ -631,6 +667,8 @@ class Connection(ReceiveSide, SendSide):
         if state in (S.SYN_SENT, S.SYN_RECV):
             mib["TcpRetransSegs"] += 1
             self.total_retrans += 1
+            if self.log is not None:
+                self.note("retransmit", self.iss, 0)
         if state == S.SYN_SENT:
             mib["TcpExtTCPSynRetrans"] += 1
             self._emit(SYN, self.iss, syn_options=True)
@@ -816,6 +854,12 @@ class Connection(ReceiveSide, SendSide):
         tcp_create_openreq_child): SYN-RECV with everything the request knew, nothing sent;
         the handshake's ACK comes next."""
         host = self.host
+        if self.log is not None:
+            # the handshake the request socket made, so the log tells the whole life
+            self.log.append(LogEvent(req.syn_time, "in", (SYN, req.irs, 0, req.snd_wnd, 0)))
+            self.log.append(LogEvent(req.syn_time, "out", (SYN | ACK, req.iss,
+                                                           (req.irs + 1) & M32,
+                                                           min(req.rcv_wnd, 65535), 0)))
         self._init_local()
         self.irs = req.irs
         self.rcv_nxt = self.rcv_wup = req.rcv_nxt
@@ -854,6 +898,8 @@ class Connection(ReceiveSide, SendSide):
     # ------------------------------------------------------------------ input
     def on_segment(self, seg: Any) -> None:
         """Process one segment for this connection (Linux tcp_rcv_state_process)."""
+        if self.log is not None:
+            self.note("in", seg.flags, seg.seq, seg.ack, seg.window, len(seg.payload))
         state = self.state
         if state == S.SYN_SENT:
             self._rcv_synsent(seg)

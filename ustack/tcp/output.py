@@ -352,6 +352,8 @@ class SendSide:
         self._emit(flags, skb.seq, payload)
         host = self.host
         host.mib["TcpRetransSegs"] += 1
+        if self.log is not None:
+            self.note("retransmit", skb.seq, n)
         self.total_retrans += 1
         skb.time = host.now
         self.rec.tx_count += 1

@@ -241,6 +241,8 @@ class TimeWaitTable:
         else:
             lifetime = max(lifetime or 0, rto35)
         self.enter(conn, substate, lifetime)
+        if conn.log is not None:
+            conn.note("timewait", S.NAMES[substate], lifetime)
         conn._destroy(None)
 
     def send_ack(self, tw: TimeWait) -> None:
