@@ -246,3 +246,28 @@ def test_socket_object_takes_the_socket_modules_values(netns, run):
             ks.close()
             server.close()
     run(main(), timeout=60)
+
+
+def test_start_serving_false_binds_without_listening(netns, run):
+    """create_server(..., start_serving=False): the port is taken but SYNs are refused until
+    start_serving(), as asyncio's server calls listen() only then."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with Stack.tun("ust0", USTACK, f"{KERNEL}/24") as stack:
+            server = await stack.start_server(sha_echo, port=9400, start_serving=False)
+            assert not server.is_serving()
+            with pytest.raises(OSError):                # the port is held
+                await stack.start_server(sha_echo, port=9400, reuse_address=False)
+            s = socket.socket()
+            s.setblocking(False)
+            with pytest.raises(ConnectionRefusedError):
+                await loop.sock_connect(s, (USTACK, 9400))
+            s.close()
+            await server.start_serving()
+            assert server.is_serving() and server.sockets[0].getsockname() == (USTACK, 9400)
+            reader, writer = await asyncio.open_connection(USTACK, 9400)
+            await exchange(reader, writer, 1000)
+            server.close()
+            await server.wait_closed()
+            assert not server.is_serving() and server.sockets == ()
+    run(main(), timeout=30)

@@ -91,14 +91,15 @@ class Server(ListenerUser):
                  ssl_shutdown_timeout: float | None = None) -> None:
         self._stack = stack
         self._sock = sock
-        self._listener: Listener = sock.listener
         self._factory = protocol_factory
         self._ssl = ssl
         self._ssl_timeouts = {"ssl_handshake_timeout": ssl_handshake_timeout,
                               "ssl_shutdown_timeout": ssl_shutdown_timeout}
-        self._serving = True
+        self._serving = sock.listener is not None      # start_serving=False: bound only
         self._closed = stack._loop.create_future()
-        self._listener.user = self
+        self._backlog = 0
+        if self._serving:
+            sock.listener.user = self
 
     def tcp_accept(self, listener: Listener) -> None:
         loop = self._stack._loop
@@ -131,13 +132,13 @@ class Server(ListenerUser):
     @property
     def sockets(self) -> tuple[StackSocket, ...]:
         """The listening socket, as asyncio.Server.sockets (getsockname, options)."""
-        if not self._serving:
+        if self._closed.done():
             return ()
         return (StackSocket(self._sock, self._stack._now),)
 
     @property
     def port(self) -> int:
-        return self._listener.port
+        return self._sock.port or 0
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._stack._loop
@@ -146,10 +147,16 @@ class Server(ListenerUser):
         return self._serving
 
     async def start_serving(self) -> None:
-        return None
+        """Listen now (after create_server(..., start_serving=False)): until then the port
+        is bound and SYNs to it are answered with RST, as with asyncio."""
+        if self._serving or self._closed.done():
+            return
+        self._sock.listen(self._backlog, now=self._stack._now())
+        self._sock.listener.user = self
+        self._serving = True
 
     def close(self) -> None:
-        if not self._serving:
+        if self._closed.done():
             return
         self._serving = False
         self._sock.close(now=self._stack._now())
@@ -162,6 +169,7 @@ class Server(ListenerUser):
         await asyncio.shield(self._closed)
 
     async def serve_forever(self) -> None:
+        await self.start_serving()
         await asyncio.shield(self._closed)
 
     async def __aenter__(self) -> "Server":
@@ -381,12 +389,14 @@ class Stack:
         sock.setsockopt(_sock.SOL_SOCKET, _sock.SO_REUSEPORT, bool(reuse_port), now=now)
         try:
             sock.bind(port, now=now)
-            sock.listen(backlog, now=now)
+            if start_serving:
+                sock.listen(backlog, now=now)
         except BaseException:
             sock.abort(now=now)
             raise
         server = Server(self, sock, protocol_factory, sslcontext, ssl_handshake_timeout,
                         ssl_shutdown_timeout)
+        server._backlog = backlog
         self._servers.add(server)
         return server
 

@@ -96,14 +96,17 @@ class StackSocket:
 SocketOptions = StackSocket
 
 
-class TcpTransport(asyncio.Transport, ConnectionUser):
+class TcpTransport(asyncio.transports._FlowControlMixin, ConnectionUser):
     """An asyncio transport whose other end is a ustack TCP connection."""
 
     _start_tls_compatible = True     # asyncio's loop.start_tls may wrap it
+    # asyncio's loop.sendfile: read the file and write() it (aiohttp's FileResponse uses it;
+    # the fallback wants asyncio's flow-control base class and its _protocol_paused flag)
+    _sendfile_compatible = asyncio.constants._SendfileMode.FALLBACK
 
     def __init__(self, stack: "Stack", sock: _sock.Socket, protocol: asyncio.BaseProtocol,
                  waiter: asyncio.Future | None = None) -> None:
-        super().__init__()
+        super().__init__(loop=stack._loop)
         conn = sock.conn
         self._stack = stack
         self._sock = sock
@@ -113,7 +116,7 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
         self._closing = False
         self._lost = False
         self._paused_reading = False
-        self._paused_writing = False
+        self._protocol_paused = False
         self._eof_delivered = False
         self._high = 64 * 1024
         self._low = 16 * 1024
@@ -172,8 +175,8 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
                 self.close()
 
     def tcp_writable(self, conn: Connection) -> None:
-        if self._paused_writing and self.get_write_buffer_size() <= self._low:
-            self._paused_writing = False
+        if self._protocol_paused and self.get_write_buffer_size() <= self._low:
+            self._protocol_paused = False
             try:
                 self._protocol.resume_writing()
             except BaseException as exc:
@@ -243,8 +246,8 @@ class TcpTransport(asyncio.Transport, ConnectionUser):
         self._conn.write_mark = self._conn.sndbuf + self._low
 
     def _maybe_pause(self) -> None:
-        if not self._paused_writing and self.get_write_buffer_size() > self._high:
-            self._paused_writing = True
+        if not self._protocol_paused and self.get_write_buffer_size() > self._high:
+            self._protocol_paused = True
             try:
                 self._protocol.pause_writing()
             except BaseException as exc:
