@@ -143,7 +143,7 @@ class Listener:
         for conn in list(host.conns.values()):
             if conn.listener is self and conn.state == S.SYN_RECV:
                 conn.listener = None
-                conn._destroy(None, notify=False)
+                conn.drop()
         for req in list(host.reqs.values()):
             if req.listener is self:
                 drop_request(req)
@@ -418,8 +418,7 @@ class Host:
         conn = self.conns.get(key)
         if conn is not None:
             tcp_err(conn, icmp_type, code, seq, info)
-            if conn.state != S.CLOSED:
-                conn._arm()
+            conn.rearm()
             return
         req = self.reqs.get(key)
         if req is not None:
@@ -668,8 +667,7 @@ class Host:
         """tcp_close's tcp_check_oom: too many orphans, reset this one (TCPAbortOnMemory)."""
         if conn.state != S.CLOSED and self.too_many_orphans(conn, closing=True):
             self.mib["TcpExtTCPAbortOnMemory"] += 1
-            conn._send_rst()
-            conn._destroy(None, notify=False)
+            conn.drop(reset=True)
 
     def out_of_resources(self, conn: Connection, do_reset: bool) -> bool:
         """Linux tcp_out_of_resources, asked by an orphan's retransmission and probe timers:
@@ -682,10 +680,8 @@ class Host:
             return False
         if idle <= 60_000 or (conn.snd_wnd == 0 and conn.snd_una == conn.snd_nxt):
             do_reset = True
-        if do_reset:
-            conn._send_rst()
         self.mib["TcpExtTCPAbortOnMemory"] += 1
-        conn._destroy(None, notify=False)
+        conn.drop(reset=do_reset)
         return True
 
     def orphan_retries(self, alive: bool = True) -> int:
@@ -731,7 +727,7 @@ class Host:
                 conn.congestion_control,
                 conn.ssthresh if conn.ssthresh < TCP_INFINITE_SSTHRESH else 0,
                 conn.rttvar / 1.0, conn.rec.lost_out, conn.rec.sacked_out, conn.rec.retrans_out,
-                conn.rec.reordering, CA_NAMES[conn.rec.ca_state], conn._effective_mss()))
+                conn.rec.reordering, CA_NAMES[conn.rec.ca_state], conn.effective_mss()))
         now = self.now
         for req in self.reqs.values():
             left = req.timer.deadline - now if req.timer is not None and req.timer.active else 0

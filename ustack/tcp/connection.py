@@ -1784,6 +1784,19 @@ class Connection(ReceiveSide, SendSide):
         self.user = NULL_USER
         self._destroy(None, notify=False)
 
+    # ------------------------------------------------------------------ for the host
+    def drop(self, reset: bool = False) -> None:
+        """Forget the connection without telling its user (an unaccepted child of a closed
+        listener, an orphan over the limits); `reset`: send RST first."""
+        if reset:
+            self._send_rst()
+        self._destroy(None, notify=False)
+
+    def rearm(self) -> None:
+        """Point the timer entry at the earliest deadline again (after an outside change)."""
+        if self.state != S.CLOSED:
+            self._arm()
+
     # ------------------------------------------------------------------ teardown
     def _destroy(self, exc: BaseException | None, notify: bool = True) -> None:
         """The connection is gone (CLOSED): free timers and table entries, tell the user."""
