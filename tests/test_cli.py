@@ -290,3 +290,18 @@ def test_help_of_the_subcommands() -> None:
     for cmd, word in (("ss", "FILTER"), ("nstat", "history"), ("ladder", "--conn")):
         r = ustack(cmd, "--help")
         assert r.returncode == 0 and word in r.stdout, r
+
+
+@pytest.mark.root
+def test_demo_runs_and_reports_progress() -> None:
+    """`ustack demo` (the README's first command), smaller: every connection answered, the
+    echo intact, progress lines on the long parts, the namespace removed."""
+    done = ustack("demo", "--connections", "150", "--megabytes", "8", "--loop", "asyncio",
+                  timeout=180)
+    out = done.stdout
+    assert done.returncode == 0, (out, done.stderr)
+    assert "HTTP: 150/150 short connections answered" in out, out
+    assert "  HTTP: 100/150 connections done" in out, out
+    assert "  echo: 25% back" in out and "  echo: 75% back" in out, out
+    assert "data intact" in out, out
+    assert out.rstrip().endswith("namespace and TUN device removed."), out

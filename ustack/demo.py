@@ -106,12 +106,18 @@ async def bulk_echo(loop: asyncio.AbstractEventLoop, size: int) -> tuple[float, 
             s.shutdown(socket.SHUT_WR)
         task = asyncio.create_task(sender())
         received = 0
+        step = max(size // 4, 1)
+        shown = step
         while True:
             chunk = await loop.sock_recv(s, 1 << 18)
             if not chunk:
                 break
             recv_hash.update(chunk)
             received += len(chunk)
+            if received >= shown and received < size:   # progress on the long transfer
+                print(f"  echo: {received * 100 // size}% back "
+                      f"({time.monotonic() - t0:.1f} s)", flush=True)
+                shown += step
         await task
         elapsed = time.monotonic() - t0
     finally:
@@ -139,6 +145,8 @@ async def run_demo(connections: int = 300, megabytes: int = 100) -> int:
                                              for i in range(batch, min(batch + 50,
                                                                        connections))))
             ok += sum(1 for r in replies if r.startswith(b"HTTP/1.0 200 OK"))
+            if connections > 100 and batch + 50 < connections and (batch // 50) % 2 == 1:
+                print(f"  HTTP: {batch + 50}/{connections} connections done", flush=True)
         dt = time.monotonic() - t0
         print(f"HTTP: {ok}/{connections} short connections answered in {dt:.2f} s "
               f"({connections / dt:.0f} conn/s)")
