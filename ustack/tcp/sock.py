@@ -591,7 +591,20 @@ class Socket:
         if optlen is not None and optlen < 4:
             raise _err(E.EINVAL, "integer options take 4 bytes")
         v = int_value(value, _opt_name(level, name))
-        sysctl = self.host.sysctl
+        ranged = _RANGED.get(key)
+        if ranged is not None:
+            # do_tcp_setsockopt's integer options with a valid range
+            attr, lo, hi, unit = ranged
+            if not (lo <= v <= hi or (key == (SOL_TCP, TCP_MAXSEG) and v == 0)):
+                raise _err(E.EINVAL, f"{_opt_name(level, name).split()[1]} must be "
+                                     f"{lo}..{hi}{unit}")
+            setattr(self, attr, v)
+            if conn is not None:
+                if attr == "keepidle":
+                    conn.set_keepalive_time(v)   # re-arms from the last sign of life
+                else:
+                    setattr(conn, attr, v)
+            return self._update_children()
         if key == (SOL_SOCKET, SO_REUSEADDR):
             self.reuseaddr = bool(v)
             if conn is not None:
@@ -627,50 +640,12 @@ class Socket:
             self.linger2 = v if v != 0 else None
             if conn is not None:
                 conn.linger2 = self.linger2
-        elif key == (SOL_TCP, TCP_USER_TIMEOUT):
-            if v < 0:
-                raise _err(E.EINVAL, "TCP_USER_TIMEOUT must be >= 0 ms")
-            self.user_timeout = v
-            if conn is not None:
-                conn.user_timeout = v
-        elif key == (SOL_TCP, TCP_NOTSENT_LOWAT):
-            if v < 0:
-                raise _err(E.EINVAL, "TCP_NOTSENT_LOWAT must be >= 0")
-            self.notsent_lowat = v
-            if conn is not None:
-                conn.notsent_lowat = v
         elif key == (SOL_TCP, TCP_CORK):
             self.cork = bool(v)
             if conn is not None:
                 conn.set_cork(self.cork)
-        elif key == (SOL_TCP, TCP_MAXSEG):
-            # do_tcp_setsockopt: 0 clears it; otherwise TCP_MIN_MSS (88) .. MAX_TCP_WINDOW
-            if v != 0 and not 88 <= v <= 32767:
-                raise _err(E.EINVAL, "TCP_MAXSEG must be 0 or 88..32767")
-            self.user_mss = v
-            if conn is not None:
-                conn.user_mss = v
-        elif key == (SOL_TCP, TCP_KEEPIDLE):
-            if not 1 <= v <= MAX_TCP_KEEPIDLE:
-                raise _err(E.EINVAL, f"TCP_KEEPIDLE must be 1..{MAX_TCP_KEEPIDLE} s")
-            self.keepidle = v
-            if conn is not None:
-                conn.set_keepalive_time(v)
-        elif key == (SOL_TCP, TCP_KEEPINTVL):
-            if not 1 <= v <= MAX_TCP_KEEPINTVL:
-                raise _err(E.EINVAL, f"TCP_KEEPINTVL must be 1..{MAX_TCP_KEEPINTVL} s")
-            self.keepintvl = v
-            if conn is not None:
-                conn.keepintvl = v
-        elif key == (SOL_TCP, TCP_KEEPCNT):
-            if not 1 <= v <= MAX_TCP_KEEPCNT:
-                raise _err(E.EINVAL, f"TCP_KEEPCNT must be 1..{MAX_TCP_KEEPCNT}")
-            self.keepcnt = v
-            if conn is not None:
-                conn.keepcnt = v
         else:
             raise _err(E.ENOPROTOOPT, f"ustack does not implement {_opt_name(level, name)}")
-        del sysctl
         self._update_children()
 
     def getsockopt(self, level: int, name: int) -> Any:
@@ -815,6 +790,17 @@ class Socket:
             raise _err(E.ENOTCONN)
         return (int_to_ip(conn.raddr), conn.rport)
 
+
+# Integer options with a range: socket (and connection) field, lowest, highest, unit.
+# TCP_MAXSEG also takes 0 (no user MSS); its range is TCP_MIN_MSS..MAX_TCP_WINDOW.
+_RANGED: dict[tuple[int, int], tuple[str, int, int, str]] = {
+    (SOL_TCP, TCP_USER_TIMEOUT): ("user_timeout", 0, (1 << 31) - 1, " ms"),
+    (SOL_TCP, TCP_NOTSENT_LOWAT): ("notsent_lowat", 0, (1 << 31) - 1, " bytes"),
+    (SOL_TCP, TCP_MAXSEG): ("user_mss", 88, 32767, " (or 0)"),
+    (SOL_TCP, TCP_KEEPIDLE): ("keepidle", 1, MAX_TCP_KEEPIDLE, " s"),
+    (SOL_TCP, TCP_KEEPINTVL): ("keepintvl", 1, MAX_TCP_KEEPINTVL, " s"),
+    (SOL_TCP, TCP_KEEPCNT): ("keepcnt", 1, MAX_TCP_KEEPCNT, ""),
+}
 
 _NAMES = {
     SOL_SOCKET: {v: k for k, v in globals().items() if k.startswith("SO_")},
