@@ -402,7 +402,8 @@ cdef int _read_options(Segment seg, const uint8_t* p, Py_ssize_t length) except 
 
 
 cdef object _parse_tcp_at(bytes data, Py_ssize_t off, Py_ssize_t end, uint32_t src,
-                          uint32_t dst, int ttl, int tos, dict counters):
+                          uint32_t dst, int ttl, int tos, dict counters,
+                          bint verify_csum=True):
     """tcp_v4_rcv()'s checks and counters on data[off:end], then the segment."""
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(data) + off
     cdef Py_ssize_t n = end - off
@@ -416,7 +417,8 @@ cdef object _parse_tcp_at(bytes data, Py_ssize_t off, Py_ssize_t end, uint32_t s
         return None
     if doff > n:
         return None                           # discard_it, no error counted
-    if _fold(<uint64_t>_sum16(p, n) + _pseudo_sum(src, dst, <uint32_t>n)) != 0xFFFF:
+    if verify_csum and _fold(<uint64_t>_sum16(p, n) + _pseudo_sum(src, dst, <uint32_t>n)) \
+            != 0xFFFF:
         _count(counters, "TcpInCsumErrors")
         _count(counters, "TcpInErrs")
         return None
@@ -440,18 +442,20 @@ cdef object _parse_tcp_at(bytes data, Py_ssize_t off, Py_ssize_t end, uint32_t s
     return seg
 
 
-def parse_tcp(Ipv4 ip not None, dict counters not None):
+def parse_tcp(Ipv4 ip not None, dict counters not None, bint verify_csum=True):
     """Check the TCP segment in an IPv4 datagram like tcp_v4_rcv() and count it like Linux.
 
     Returns a Segment, or None when Linux would drop it; never raises.  Moves TcpInSegs
     always (Linux: "count it even if it's bad"); TcpInErrs for a data offset under 5;
     TcpInCsumErrors and TcpInErrs for a bad checksum.  A segment shorter than 20 bytes or
     than its data offset is dropped with no error counted, as Linux does.  A datagram that
-    is not TCP or is a fragment gives None and counts nothing."""
+    is not TCP or is a fragment gives None and counts nothing.  ``verify_csum=False``: the
+    link says the checksum is partial (a TUN device with checksum offload hands over the
+    kernel's own packets with CHECKSUM_PARTIAL: only the pseudo-header sum is there)."""
     if ip._data is None or ip.proto != _IPPROTO_TCP or ip.mf or ip.frag_offset:
         return None
     return _parse_tcp_at(ip._data, ip.ihl, ip.total_length, ip.src, ip.dst, ip.ttl, ip.tos,
-                         counters)
+                         counters, verify_csum)
 
 
 def parse(bytes data not None, dict counters not None):

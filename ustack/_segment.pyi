@@ -136,7 +136,7 @@ def parse_ipv4(data: bytes, counters: dict[str, int]) -> Ipv4 | None:
     IpExtInCsumErrors too on a bad checksum; IpExtInTruncatedPkts if total_length > len.
     """
 
-def parse_tcp(ip: Ipv4, counters: dict[str, int]) -> Segment | None:
+def parse_tcp(ip: Ipv4, counters: dict[str, int], verify_csum: bool = True) -> Segment | None:
     """tcp_v4_rcv()'s checks and counters; None when Linux would drop; never raises.
 
     TcpInSegs always; TcpInErrs for data offset < 5; TcpInCsumErrors + TcpInErrs for a bad

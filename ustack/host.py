@@ -224,6 +224,10 @@ class Host:
         self.mib = self.counters.values
         self.mtu = mtu
         self.now = now
+        # what the link said of the datagram being received (offloads): its TCP checksum is
+        # partial; it is a super-segment of segments of rx_gso bytes
+        self.rx_csum_partial = False
+        self.rx_gso = 0
         self.wheel = TimerWheel(now)
         self.secret = SecretHash(secret)
         self.rng = random.Random(seed)
@@ -324,12 +328,51 @@ class Host:
         return out
 
     # ------------------------------------------------------------------ input
-    def receive(self, data: bytes, now: int | None = None) -> None:
+    def receive(self, data: bytes, now: int | None = None, *, csum_partial: bool = False,
+                gso_size: int = 0) -> None:
         """One IPv4 datagram from the link at time `now` (ms; None: the host's clock as it
-        is).  Malformed input is counted and dropped.  Notifications run at the end."""
+        is).  Malformed input is counted and dropped.  Notifications run at the end.
+
+        From a link with offloads: `csum_partial` says the TCP checksum is the kernel's
+        partial one (not verified), `gso_size` that the datagram is a super-segment of
+        segments of that size, taken whole as Linux takes a GRO packet."""
         if now is not None and now > self.now:
             self._advance(now)
-        self._receive(data)
+        if csum_partial or gso_size:
+            self.rx_csum_partial = csum_partial
+            self.rx_gso = gso_size
+            try:
+                self._receive(data)
+            finally:
+                self.rx_csum_partial = False
+                self.rx_gso = 0
+        else:
+            self._receive(data)
+        if self.events:
+            self.drain_events()
+
+    def receive_many(self, packets: list[bytes], now: int | None = None,
+                     meta: list[Any] | None = None) -> None:
+        """A batch from the link: timers due before `now` first, then each datagram, then the
+        notifications once (data is delivered once per batch).  `meta`: per datagram, None or
+        (csum_partial, gso_size) from an offloading link."""
+        if now is not None and now > self.now:
+            self._advance(now)
+        receive = self._receive
+        if meta is None:
+            for packet in packets:
+                receive(packet)
+        else:
+            for packet, m in zip(packets, meta):
+                if m is None:
+                    receive(packet)
+                else:
+                    self.rx_csum_partial, self.rx_gso = m
+                    try:
+                        receive(packet)
+                    finally:
+                        self.rx_csum_partial = False
+                        self.rx_gso = 0
         if self.events:
             self.drain_events()
 
@@ -347,7 +390,7 @@ class Host:
         proto = ip.proto
         if proto == IPPROTO_TCP:
             mib["IpInDelivers"] += 1
-            seg = parse_tcp(ip, mib)
+            seg = parse_tcp(ip, mib, not self.rx_csum_partial)
             if seg is None:
                 return
             self._tcp_input(seg)

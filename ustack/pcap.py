@@ -271,11 +271,11 @@ class PcapTap:
         write = self.writer.write
         clock = self.clock
 
-        def received(packets: list[bytes]) -> None:
+        def received(packets: list[bytes], *meta: Any) -> None:
             ts = clock()
             for packet in packets:
                 write(packet, ts)
-            on_packets(packets)
+            on_packets(packets, *meta)     # meta: an offloading link's per-packet notes
 
         self.link.start(loop, received)
 

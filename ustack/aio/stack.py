@@ -237,16 +237,19 @@ class Stack:
     def tun(cls, ifname: str = "ust0", address: str = "198.18.0.2",
             kernel_address: str = "198.18.0.1/24", sysctl: dict[str, Any] | None = None, *,
             mtu: int = 1500, secret: bytes | None = None,
-            allow_root_namespace: bool = False, pcap: Any = None) -> "Stack":
+            allow_root_namespace: bool = False, pcap: Any = None,
+            offload: bool = False) -> "Stack":
         """A stack on a new TUN device in the current network namespace.  The kernel's side of
         the device gets `kernel_address`; ustack answers for `address`.  `pcap`: a file name
-        (or a `ustack.pcap.PcapWriter`) that records every packet of the device."""
+        (or a `ustack.pcap.PcapWriter`) that records every packet of the device.  `offload`:
+        TUN checksum and TSO offloads (virtio-net headers): the kernel hands over up to 64 KB
+        super-segments, which ustack takes whole as Linux takes GRO packets."""
         from ustack.link.tun import TunLink
         _check_tun_addresses(address, kernel_address)
 
         def factory() -> Any:
             return TunLink.open(ifname, kernel_address=kernel_address, mtu=mtu,
-                                allow_root_namespace=allow_root_namespace)
+                                allow_root_namespace=allow_root_namespace, offload=offload)
         return cls(factory, address, sysctl=sysctl, mtu=mtu, secret=secret, pcap=pcap)
 
     @classmethod
@@ -312,12 +315,9 @@ class Stack:
     def _sync_time(self) -> None:
         self.host.advance(self._now())
 
-    def _on_packets(self, packets: list[bytes]) -> None:
-        host = self.host
-        host.advance(self._now())
-        receive = host.receive
-        for packet in packets:
-            receive(packet)
+    def _on_packets(self, packets: list[bytes], meta: list[Any] | None = None) -> None:
+        # one batch: timers due first, every packet, then the notifications once
+        self.host.receive_many(packets, self._now(), meta)
         self._flush()
 
     def _kick(self) -> None:

@@ -25,18 +25,35 @@ _MAX_PACKET = 65535
 # How long to wait before writing again after ENOBUFS, which poll() does not announce the end of.
 _ENOBUFS_RETRY = 0.001
 
+# struct virtio_net_hdr (a TUN device opened with IFF_VNET_HDR puts one before each packet, both
+# ways): flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, little-endian.
+VNET_HDR_LEN = 10
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_GSO_NONE = 0
+_VNET_PLAIN = bytes(VNET_HDR_LEN)
+
+
+def _vnet_write(fd: int, packet: bytes) -> int:
+    """Write one packet behind an empty virtio-net header (a whole, checksummed packet)."""
+    return os.writev(fd, (_VNET_PLAIN, packet)) - VNET_HDR_LEN
+
 
 class FdLink:
     """Packet-at-a-time I/O on a non-blocking fd that preserves packet boundaries."""
 
-    def __init__(self, fd: int, *, mtu: int = 1500, batch: int = 64, close_fd: bool = True) -> None:
+    def __init__(self, fd: int, *, mtu: int = 1500, batch: int = 64, close_fd: bool = True,
+                 vnet_hdr: bool = False) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
         self._fd = fd
+        # IFF_VNET_HDR: a virtio-net header before each packet.  Received packets may then be
+        # super-segments (GSO) with partial checksums: on_packets gets a second list saying so
+        self.vnet_hdr = vnet_hdr
+        self._write = _vnet_write if vnet_hdr else os.write
         self.mtu = mtu
         self.batch = batch
         self._close_fd = close_fd
-        self._read_size = max(mtu, _MAX_PACKET)
+        self._read_size = max(mtu, _MAX_PACKET) + (VNET_HDR_LEN if vnet_hdr else 0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_packets: Callable[[list[bytes]], None] | None = None
         self._txq: deque[bytes] = deque()
@@ -51,6 +68,7 @@ class FdLink:
             "tx_queued": 0,  # packets that had to wait in the queue
             "tx_queue_peak": 0,
             "rx_errors": 0,
+            "rx_gso": 0,      # super-segments received (offloads)
             "tx_errors": 0,  # refused by the fd (say EINVAL for a malformed packet on TUN)
             "tx_dropped": 0,  # sent after close()
         }
@@ -88,6 +106,9 @@ class FdLink:
             self._wait_writable()
 
     def _on_readable(self) -> None:
+        if self.vnet_hdr:
+            self._on_readable_vnet()
+            return
         fd, size, read = self._fd, self._read_size, os.read
         packets: list[bytes] = []
         for _ in range(self.batch):
@@ -108,6 +129,41 @@ class FdLink:
             self.stats["rx_packets"] += len(packets)
             self._on_packets(packets)  # type: ignore[misc]
 
+    def _on_readable_vnet(self) -> None:
+        """Read packets behind virtio-net headers: `on_packets(packets, meta)`, where meta[i]
+        is None for a whole packet or (checksum partial, gso_size) for an offloaded one."""
+        fd, size, read = self._fd, self._read_size, os.read
+        packets: list[bytes] = []
+        meta: list[tuple[bool, int] | None] = []
+        gso = 0
+        for _ in range(self.batch):
+            try:
+                raw = read(fd, size)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.stats["rx_errors"] += 1
+                self._log_once(exc, "read")
+                break
+            if len(raw) <= VNET_HDR_LEN:
+                if not raw:
+                    self._stop_reading()
+                    break
+                self.stats["rx_errors"] += 1
+                continue
+            flags, gso_type = raw[0], raw[1]
+            packets.append(raw[VNET_HDR_LEN:])
+            if flags or gso_type:
+                gso_size = (raw[4] | raw[5] << 8) if gso_type != VIRTIO_NET_HDR_GSO_NONE else 0
+                gso += gso_size != 0
+                meta.append((bool(flags & VIRTIO_NET_HDR_F_NEEDS_CSUM), gso_size))
+            else:
+                meta.append(None)
+        if packets:
+            self.stats["rx_packets"] += len(packets)
+            self.stats["rx_gso"] += gso
+            self._on_packets(packets, meta)  # type: ignore[misc,call-arg]
+
     def poll(self) -> None:
         """Read what has already arrived, now (the stack calls this before its timers run, so
         a packet that came in before a timeout is seen before the timeout fires)."""
@@ -126,7 +182,7 @@ class FdLink:
             self._enqueue((packet,))
             return
         try:
-            os.write(self._fd, packet)
+            self._write(self._fd, packet)
         except BlockingIOError:
             self._enqueue((packet,))
             self._wait_writable()
@@ -145,7 +201,7 @@ class FdLink:
             self._enqueue(packets)
             return
         packets = list(packets)
-        fd, write = self._fd, os.write
+        fd, write = self._fd, self._write
         sent = 0
         for i, packet in enumerate(packets):
             try:
@@ -197,7 +253,7 @@ class FdLink:
         """Write queued packets until the queue is empty or the fd would block again."""
         if self._closed:
             return
-        q, fd, write = self._txq, self._fd, os.write
+        q, fd, write = self._txq, self._fd, self._write
         sent = 0
         while q:
             try:

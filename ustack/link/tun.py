@@ -22,24 +22,26 @@ class TunLink(FdLink):
     """An :class:`FdLink` on a TUN device it owns."""
 
     def __init__(self, device: TunTapDevice, *, kernel_address: str, mtu: int = 1500,
-                 batch: int = 64) -> None:
+                 batch: int = 64, offload: bool = False) -> None:
         # The device object owns the fd (and closes it in __del__ too): we never close it ourselves.
-        super().__init__(device.fileno(), mtu=mtu, batch=batch, close_fd=False)
+        super().__init__(device.fileno(), mtu=mtu, batch=batch, close_fd=False,
+                         vnet_hdr=offload)
         self._device = device
         self._kernel_address = kernel_address
 
     @classmethod
     def open(cls, ifname: str, kernel_address: str = "198.18.0.1/24", mtu: int = 1500, *,
              allow_root_namespace: bool = False, batch: int = 64,
-             txqueuelen: int = 4096) -> TunLink:
+             txqueuelen: int = 4096, offload: bool = False) -> TunLink:
         """Create and configure TUN device ``ifname`` in the current namespace and wrap it.
 
         Refuses in the root namespace unless ``allow_root_namespace=True``; raises
-        PermissionError without CAP_NET_ADMIN.
+        PermissionError without CAP_NET_ADMIN.  ``offload``: virtio-net headers, checksum and
+        TSO offloads (the kernel hands over super-segments; see ``setup_tun``).
         """
         device = setup_tun(ifname, kernel_address, mtu, allow_root_namespace=allow_root_namespace,
-                           txqueuelen=txqueuelen)
-        return cls(device, kernel_address=kernel_address, mtu=mtu, batch=batch)
+                           txqueuelen=txqueuelen, offload=offload)
+        return cls(device, kernel_address=kernel_address, mtu=mtu, batch=batch, offload=offload)
 
     @property
     def ifname(self) -> str:

@@ -1546,7 +1546,12 @@ class Connection(ReceiveSide, SendSide):
             payload = payload[:win]  # Linux queues what fits; the rest comes again
             fin = 0
         if payload:
-            truesize = skb_truesize(len(payload))
+            gso = self.host.rx_gso
+            if gso and len(payload) > gso:
+                # a GRO'd super-segment: the memory of the segments it stands for
+                truesize = -(-len(payload) // gso) * skb_truesize(gso)
+            else:
+                truesize = skb_truesize(len(payload))
             self.rcv_buf += payload
             self.rmem_alloc += truesize
             self.rcv_truesize.append([len(payload), truesize])

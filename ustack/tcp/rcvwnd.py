@@ -140,11 +140,13 @@ class ReceiveSide:
 
     def _measure_rcv_mss(self, seg: Any, n: int, truesize: int) -> None:
         """Linux tcp_measure_rcv_mss: learn the peer's segment size (and with it the
-        payload/truesize ratio); note small pushes."""
-        if n >= self.rcv_mss:
-            if n != self.rcv_mss:
+        payload/truesize ratio); note small pushes.  A GRO'd super-segment counts by its
+        segment size (gso_size), its ratio by all of it."""
+        size = self.host.rx_gso or n
+        if size >= self.rcv_mss:
+            if size != self.rcv_mss:
                 self.scaling_ratio = max(1, (n << TCP_RMEM_TO_WIN_SCALE) // truesize)
-            self.rcv_mss = min(n, self.advmss)
+            self.rcv_mss = min(size, self.advmss)
             if seg.flags & PSH:
                 self.ack_pushed = max(self.ack_pushed, 1)
             return
