@@ -228,6 +228,8 @@ class Host:
         # partial; it is a super-segment of segments of rx_gso bytes
         self.rx_csum_partial = False
         self.rx_gso = 0
+        # the link takes TCP super-segments (TSO): a burst leaves as one packet
+        self.tso = False
         self.wheel = TimerWheel(now)
         self.secret = SecretHash(secret)
         self.rng = random.Random(seed)
@@ -315,9 +317,11 @@ class Host:
         return self.wheel.next_deadline()
 
     # ------------------------------------------------------------------ output
-    def output(self, packet: bytes) -> None:
+    def output(self, packet: bytes, segs: int = 1) -> None:
+        """Queue a packet for the link; `segs`: the TCP segments it stands for (a TSO
+        super-segment counts as the segments the device cuts it into, as Linux counts)."""
         self.outbox.append(packet)
-        self.mib["TcpOutSegs"] += 1
+        self.mib["TcpOutSegs"] += segs
         self.mib["IpOutRequests"] += 1
         if self.on_output is not None and len(self.outbox) == 1:
             self.on_output()

@@ -125,3 +125,41 @@ def test_core_takes_a_super_segment_whole():
     assert conn.rcv_mss == 1448
     acks = t.output()
     assert len(acks) == 1 and acks[0].ack == 1001 + len(payload)
+
+
+@pytest.mark.parametrize("offload", [True, False], ids=["offload", "plain"])
+def test_ustack_to_kernel_bulk_with_tso(netns, run, offload):
+    """ustack sends its bursts as super-segments (TSO); the kernel cuts or takes them whole,
+    and the bytes arrive exact.  TcpOutSegs still counts MSS segments, as Linux counts."""
+    data = os.urandom(8 << 20)
+
+    async def source(reader, writer):
+        for i in range(0, len(data), 1 << 20):
+            writer.write(data[i:i + (1 << 20)])
+            await writer.drain()
+        writer.write_eof()
+        await reader.read()
+        writer.close()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with Stack.tun("ust0", USTACK, f"{KERNEL}/24", offload=offload) as stack:
+            await stack.start_server(source, port=19)
+            s = socket.socket()
+            s.setblocking(False)
+            await loop.sock_connect(s, (USTACK, 19))
+            h = hashlib.sha256()
+            n = 0
+            while chunk := await asyncio.wait_for(loop.sock_recv(s, 1 << 20), 30):
+                h.update(chunk)
+                n += len(chunk)
+            s.close()
+            assert n == len(data) and h.digest() == hashlib.sha256(data).digest()
+            packets = stack.link.stats["tx_packets"]
+            segs = stack.counters["TcpOutSegs"]
+            assert segs >= len(data) // 1448
+            if offload:
+                assert packets < segs // 4, (packets, segs)
+            else:
+                assert packets >= segs - 5, (packets, segs)
+    run(main(), timeout=60)

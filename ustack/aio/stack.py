@@ -282,6 +282,7 @@ class Stack:
         self._loop = asyncio.get_running_loop()
         self._link = self._link_factory()
         host = self.host
+        host.tso = bool(getattr(self._link, "vnet_hdr", False))   # the device cuts bursts
         host.now = self._now()
         host.wheel = type(host.wheel)(host.now)
         self._link.start(self._loop, self._on_packets)

@@ -12,6 +12,7 @@ import asyncio
 import errno
 import logging
 import os
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -33,9 +34,21 @@ VIRTIO_NET_HDR_GSO_NONE = 0
 _VNET_PLAIN = bytes(VNET_HDR_LEN)
 
 
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+_VNET = struct.Struct("<BBHHHH")
+
+
 def _vnet_write(fd: int, packet: bytes) -> int:
-    """Write one packet behind an empty virtio-net header (a whole, checksummed packet)."""
-    return os.writev(fd, (_VNET_PLAIN, packet)) - VNET_HDR_LEN
+    """Write one packet behind its virtio-net header: empty for a whole, checksummed packet;
+    for a TCP super-segment (ustack.wire.GsoPacket) the kernel is told to cut it into
+    gso_size segments and finish their checksums (TSO, NEEDS_CSUM)."""
+    gso = getattr(packet, "gso_size", 0)
+    if not gso:
+        return os.writev(fd, (_VNET_PLAIN, packet)) - VNET_HDR_LEN
+    ihl = (packet[0] & 0x0F) * 4
+    hdr = _VNET.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
+                     ihl + (packet[ihl + 12] >> 4) * 4, gso, ihl, 16)
+    return os.writev(fd, (hdr, packet)) - VNET_HDR_LEN
 
 
 class FdLink:

@@ -19,6 +19,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ustack._segment import ACK, FIN, RST, SYN, build_tcp
+from ustack.wire import gso_packet
 from ustack.tcp import cong
 from ustack.tcp import states as S
 from ustack.tcp.cong import CA_CWR, CA_LOSS, CA_OPEN, TCP_INFINITE_SSTHRESH
@@ -362,8 +363,9 @@ class Connection(ReceiveSide, SendSide):
             self.t_keep = host.now + when - elapsed
 
     def _emit(self, flags: int, seq: int, payload: bytes = b"", *, syn_options: bool = False,
-              ack: int | None = None) -> None:
-        """Build one segment and queue it on the host's outbox."""
+              ack: int | None = None, gso: int = 0) -> None:
+        """Build one segment and queue it on the host's outbox.  `gso`: the payload is a
+        burst of segments of that size, sent as one super-segment the device cuts (TSO)."""
         host = self.host
         if flags & ACK:
             if ack is None:
@@ -410,7 +412,10 @@ class Connection(ReceiveSide, SendSide):
             pkt = build_tcp(
                 self.laddr, self.raddr, self.lport, self.rport, seq, ack, flags, window, payload,
                 ts_val=ts_val, ts_ecr=ts_ecr, sack_blocks=sack_blocks, ttl=host.ttl)
-        host.output(pkt)
+        if gso:
+            host.output(gso_packet(pkt, gso), -(-len(payload) // gso))
+        else:
+            host.output(pkt)
         if self.log is not None:
             self.note("out", flags, seq, ack, window, len(payload))
         if flags & RST:

@@ -112,6 +112,10 @@ class SendSide:
                                                            nonagle, cork))
             n_segs = max(1, -(-chunk // mss))
             rec.new_burst()
+            # TSO: the burst leaves as one super-segment the device cuts into MSS segments
+            tso = n_segs > 1 and self.host.tso and chunk + 120 < 65535
+            burst_seq = self.snd_nxt
+            flags = ACK
             for k in range(n_segs):
                 seg_seq = self.snd_nxt
                 n = min(mss, chunk - k * mss)
@@ -126,9 +130,12 @@ class SendSide:
                     flags |= PSH    # ... or the last segment of a burst (tcp_transmit_skb)
                 if seg_fin:
                     flags |= FIN    # FIN rides on the last data segment, or goes alone
-                self._send_new(seg_seq, n, flags, own_psh)
+                self._send_new(seg_seq, n, flags, own_psh, emit=not tso)
                 if n < mss:
                     self.snd_sml = self.snd_nxt       # tcp_minshall_update
+            if tso:
+                boff = (burst_seq - self.snd_una) & M32
+                self._emit(flags, burst_seq, bytes(sndq[boff:boff + chunk]), gso=mss)
             sent += n_segs
             if push_one:
                 break
@@ -142,16 +149,18 @@ class SendSide:
         if not sent and not rec.rtx and self._unsent() > 0 and self.t_rto == NEVER:
             self._arm_persist()     # tcp_check_probe_timer: held data goes after one RTO
 
-    def _send_new(self, seq: int, n: int, flags: int, own_psh: bool = False) -> None:
+    def _send_new(self, seq: int, n: int, flags: int, own_psh: bool = False,
+                  emit: bool = True) -> None:
         """One new segment on the wire and in the retransmission queue
-        (tcp_event_new_data_sent)."""
+        (tcp_event_new_data_sent); `emit` False: the caller sends it within a TSO burst."""
         host = self.host
         rec = self.rec
         offset = (seq - self.snd_una) & M32
         if rec.in_flight() == 0 and not rec.rtx:
             self._tx_start()
         prior_packets = rec.packets_out
-        self._emit(flags, seq, bytes(self.sndq[offset:offset + n]))
+        if emit:
+            self._emit(flags, seq, bytes(self.sndq[offset:offset + n]))
         fin = bool(flags & FIN)
         end = (seq + n + fin) & M32
         self.snd_nxt = end

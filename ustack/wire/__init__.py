@@ -31,7 +31,35 @@ __all__ = [
     "ACK", "CWR", "ECE", "FIN", "PSH", "RST", "SYN", "URG",
     "Ipv4", "Segment", "build_ipv4", "build_tcp", "internet_checksum", "parse", "parse_ipv4",
     "parse_tcp", "ip_to_int", "int_to_ip", "describe", "describe_options", "flags_str",
+    "GsoPacket", "gso_packet",
 ]
+
+
+class GsoPacket(bytes):
+    """An IPv4 TCP super-segment for a device with TSO: the device cuts it into segments of
+    `gso_size` payload bytes (FIN and PSH only on the last, as Linux's tcp_gso_segment does).
+    Its TCP checksum field holds the pseudo-header sum only (CHECKSUM_PARTIAL): the device
+    completes each segment's checksum.  Everything else treats it as the bytes it is."""
+
+    gso_size: int
+
+
+def gso_packet(packet: bytes, gso_size: int) -> GsoPacket:
+    """A packet from build_tcp() made into a super-segment: its checksum set to the folded
+    pseudo-header sum (source, destination, protocol, TCP length), as CHECKSUM_PARTIAL wants."""
+    ihl = (packet[0] & 0x0F) * 4
+    tcp_len = len(packet) - ihl
+    s = 6 + tcp_len
+    for i in (12, 14, 16, 18):
+        s += packet[i] << 8 | packet[i + 1]
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    raw = bytearray(packet)
+    raw[ihl + 16] = s >> 8
+    raw[ihl + 17] = s & 0xFF
+    out = GsoPacket(raw)
+    out.gso_size = gso_size
+    return out
 
 
 def ip_to_int(s: str) -> int:
