@@ -125,6 +125,8 @@ def _top_parser() -> argparse.ArgumentParser:
     demo.add_argument("--megabytes", type=int, default=100,
                       help="size of the echo transfer in MB (default 100)")
     demo.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    demo.add_argument("--no-offload", action="store_true",
+                      help="one segment per TUN read and write (no checksum/TSO offloads)")
     # these parse their own arguments (their --help included): listed here for ustack --help
     sub.add_parser("drill", add_help=False, help="run packetdrill scripts against ustack "
                    "and/or Linux (ustack drill --help)")
@@ -193,7 +195,8 @@ def _run(argv: list[str]) -> int:
         if args.connections < 1 or args.megabytes < 1:
             parser.error("--connections and --megabytes must be at least 1")
         from ustack.demo import main as demo_main
-        return demo_main(args.connections, args.megabytes, args.loop == "uvloop")
+        return demo_main(args.connections, args.megabytes, args.loop == "uvloop",
+                         not args.no_offload)
     if args.command == "serve":
         _need_root("serve")
         if args.port is not None and not 1 <= args.port <= 65535:

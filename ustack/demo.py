@@ -125,11 +125,13 @@ async def bulk_echo(loop: asyncio.AbstractEventLoop, size: int) -> tuple[float, 
     return elapsed, received == size and sent_hash.digest() == recv_hash.digest()
 
 
-async def run_demo(connections: int = 300, megabytes: int = 100) -> int:
+async def run_demo(connections: int = 300, megabytes: int = 100, offload: bool = True) -> int:
     loop = asyncio.get_running_loop()
     print(f"ustack demo: private network namespace, TUN device ust0, kernel {KERNEL}, "
           f"ustack {USTACK}")
-    async with Stack.tun("ust0", USTACK, f"{KERNEL}/24",
+    print(f"TUN offloads (checksum, TSO: super-segments both ways): "
+          f"{'on' if offload else 'off'}")
+    async with Stack.tun("ust0", USTACK, f"{KERNEL}/24", offload=offload,
                          sysctl={"ustack.tcp_timewait_len": 60}) as stack:
         await stack.start_server(echo_handler, port=7)
         await stack.start_server(http_handler, port=80)
@@ -176,9 +178,10 @@ async def run_demo(connections: int = 300, megabytes: int = 100) -> int:
     return 0 if success else 1
 
 
-def main(connections: int = 300, megabytes: int = 100, use_uvloop: bool = True) -> int:
+def main(connections: int = 300, megabytes: int = 100, use_uvloop: bool = True,
+         offload: bool = True) -> int:
     with Netns():
         if use_uvloop:
             import uvloop
-            return uvloop.run(run_demo(connections, megabytes))
-        return asyncio.run(run_demo(connections, megabytes))
+            return uvloop.run(run_demo(connections, megabytes, offload))
+        return asyncio.run(run_demo(connections, megabytes, offload))
