@@ -22,32 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from ustack.host import Host  # noqa: E402
 from ustack.tcp import states as S  # noqa: E402
-
-
-class _Closing:
-    """The fields tcp_time_wait reads from a connection."""
-
-    __slots__ = ("key", "laddr", "lport", "raddr", "rport", "rcv_nxt", "snd_max", "rcv_wscale",
-                 "ts_ok", "ts_recent", "ts_recent_stamp", "ts_off", "reuseaddr", "binding")
-
-    def __init__(self, i: int) -> None:
-        self.raddr = 0xC6120000 | (i >> 15)
-        self.rport = 1024 + (i & 0x7FFF)
-        self.lport = 80
-        self.laddr = 0xC6120002
-        self.key = (self.raddr << 32) | (self.rport << 16) | self.lport
-        self.rcv_nxt = i
-        self.snd_max = i * 7
-        self.rcv_wscale = 7
-        self.ts_ok = True
-        self.ts_recent = i
-        self.ts_recent_stamp = 1
-        self.ts_off = 0
-        self.reuseaddr = False
-        self.binding = None
-
-    def _rcv_window_now(self) -> int:
-        return 65535
+from ustack.testing import ClosingStandIn  # noqa: E402
 
 
 class _Plain:
@@ -73,7 +48,7 @@ def main() -> None:
     p.add_argument("--json", default="bench_timewait.json")
     args = p.parse_args()
     n = args.records
-    keys = [_Closing(i).key for i in range(n)]
+    keys = [ClosingStandIn(i).key for i in range(n)]
     probe = random.Random(1).sample(keys, min(n, 100_000))
 
     gc.collect()
@@ -100,7 +75,7 @@ def main() -> None:
         gc.collect()
         r0 = rss()
         for i in range(n):
-            host.tw.enter(_Closing(i), S.TIME_WAIT, twlen)
+            host.tw.enter(ClosingStandIn(i), S.TIME_WAIT, twlen)
         gc.collect()
         tw_bytes = (rss() - r0) / n
         get = host.tw.records.get

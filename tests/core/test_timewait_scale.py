@@ -7,33 +7,7 @@ import random
 
 from ustack.host import Host
 from ustack.tcp import states as S
-
-
-class _Closing:
-    """The fields tcp_time_wait reads from a connection (a stand-in: building a million real
-    connections would measure the handshake, not the table)."""
-
-    __slots__ = ("key", "laddr", "lport", "raddr", "rport", "rcv_nxt", "snd_max", "rcv_wscale",
-                 "ts_ok", "ts_recent", "ts_recent_stamp", "ts_off", "reuseaddr", "binding")
-
-    def __init__(self, i: int) -> None:
-        self.raddr = 0xC6120000 | (i >> 15)
-        self.rport = 1024 + (i & 0x7FFF)
-        self.lport = 80
-        self.laddr = 0xC6120002
-        self.key = (self.raddr << 32) | (self.rport << 16) | self.lport
-        self.rcv_nxt = i
-        self.snd_max = i * 7
-        self.rcv_wscale = 7
-        self.ts_ok = True
-        self.ts_recent = i
-        self.ts_recent_stamp = 1
-        self.ts_off = 0
-        self.reuseaddr = False
-        self.binding = None
-
-    def _rcv_window_now(self) -> int:
-        return 65535
+from ustack.testing import ClosingStandIn
 
 
 def test_million_time_wait_records_expire_within_one_tick():
@@ -47,7 +21,7 @@ def test_million_time_wait_records_expire_within_one_tick():
         if i % 1000 == 0:
             now += rng.randrange(0, 60)       # records arrive over about 30 s
             host.now = now
-        c = _Closing(i)
+        c = ClosingStandIn(i)
         host.tw.enter(c, S.TIME_WAIT, twlen)
         created[c.key] = now
     assert len(host.tw) == n and host.counters["TW"] == n

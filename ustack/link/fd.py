@@ -118,10 +118,8 @@ class FdLink:
         if self._txq:
             self._wait_writable()
 
-    def _on_readable(self) -> None:
-        if self.vnet_hdr:
-            self._on_readable_vnet()
-            return
+    def _read_batch(self) -> list[bytes]:
+        """Up to `batch` reads, until the fd has nothing more (or an error, or end of file)."""
         fd, size, read = self._fd, self._read_size, os.read
         packets: list[bytes] = []
         for _ in range(self.batch):
@@ -138,30 +136,26 @@ class FdLink:
                 self._stop_reading()
                 break
             packets.append(packet)
-        if packets:
-            self.stats["rx_packets"] += len(packets)
-            self._on_packets(packets)  # type: ignore[misc]
+        return packets
 
-    def _on_readable_vnet(self) -> None:
-        """Read packets behind virtio-net headers: `on_packets(packets, meta)`, where meta[i]
-        is None for a whole packet or (checksum partial, gso_size) for an offloaded one."""
-        fd, size, read = self._fd, self._read_size, os.read
+    def _on_readable(self) -> None:
+        packets = self._read_batch()
+        if not packets:
+            return
+        if self.vnet_hdr:
+            self._deliver_vnet(packets)
+            return
+        self.stats["rx_packets"] += len(packets)
+        self._on_packets(packets)  # type: ignore[misc]
+
+    def _deliver_vnet(self, raws: list[bytes]) -> None:
+        """Packets behind virtio-net headers: `on_packets(packets, meta)`, where meta[i] is
+        None for a whole packet or (checksum partial, gso_size) for an offloaded one."""
         packets: list[bytes] = []
         meta: list[tuple[bool, int] | None] = []
         gso = 0
-        for _ in range(self.batch):
-            try:
-                raw = read(fd, size)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                self.stats["rx_errors"] += 1
-                self._log_once(exc, "read")
-                break
+        for raw in raws:
             if len(raw) <= VNET_HDR_LEN:
-                if not raw:
-                    self._stop_reading()
-                    break
                 self.stats["rx_errors"] += 1
                 continue
             flags, gso_type = raw[0], raw[1]
