@@ -75,7 +75,7 @@ def _ns_holders(inode: int) -> list[str]:
 def test_serve_ss_nstat_and_clean_exit(control_dir: str) -> None:
     path = os.path.join(control_dir, "ctl.sock")
     proc = subprocess.Popen(USTACK + ["serve", "--app", "echo", "--port", "7", "--control", path,
-                                      "--sysctl", "ustack.tcp_timewait_len=5"],
+                                      "--sysctl", "ustack.tcp_timewait_len=5", "--offload"],
                             env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:

@@ -151,6 +151,9 @@ def _top_parser() -> argparse.ArgumentParser:
     serve.add_argument("--pcap", metavar="FILE",
                        help="record every packet of the TUN device in FILE (pcap, readable "
                             "by tcpdump -r and Wireshark; - for standard output)")
+    serve.add_argument("--offload", action="store_true",
+                       help="TUN checksum and TSO offloads: super-segments of up to 64 KB "
+                            "both ways (a capture then shows them whole)")
     serve.add_argument("--in-current-namespace", action="store_true",
                        help="use the caller's network namespace instead of a private one")
     serve.add_argument("--allow-root-namespace", action="store_true",
@@ -206,7 +209,8 @@ def _run(argv: list[str]) -> int:
                           args.control, args.sysctl,
                           in_current_namespace=args.in_current_namespace,
                           allow_root_namespace=args.allow_root_namespace,
-                          use_uvloop=args.loop == "uvloop", pcap=args.pcap)
+                          use_uvloop=args.loop == "uvloop", pcap=args.pcap,
+                          offload=args.offload)
     parser.error(f"unknown command {args.command}")
     return 2
 

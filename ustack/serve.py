@@ -169,8 +169,9 @@ def control_handler(stack: Any, server_id: str | None = None
 # ------------------------------------------------------------------ the server
 async def run(app: str, port: int, ifname: str, address: str, kernel_address: str,
               sysctl: dict[str, str], control: socket.socket, control_path: str,
-              allow_root_namespace: bool, pcap: Any = None) -> int:
-    """Serve until SIGINT/SIGTERM; `pcap` (a PcapWriter) records the TUN device's packets."""
+              allow_root_namespace: bool, pcap: Any = None, offload: bool = False) -> int:
+    """Serve until SIGINT/SIGTERM; `pcap` (a PcapWriter) records the TUN device's packets;
+    `offload`: the TUN device's checksum and TSO offloads (super-segments both ways)."""
     from ustack import Stack
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -180,7 +181,8 @@ async def run(app: str, port: int, ifname: str, address: str, kernel_address: st
         # pcap: everything the TUN device carries is recorded (the writer is closed with
         # the link)
         stack = Stack.tun(ifname, address, kernel_address, sysctl=sysctl,
-                          allow_root_namespace=allow_root_namespace, pcap=pcap)
+                          allow_root_namespace=allow_root_namespace, pcap=pcap,
+                          offload=offload)
     except (KeyError, ValueError) as e:
         raise ServeError(f"bad setting: {e.args[0] if e.args else e}") from None
     try:
@@ -217,7 +219,7 @@ async def _flush_periodically(writer: Any) -> None:
 def main(app: str, port: int | None, ifname: str, address: str, kernel_address: str,
          control_path: str = DEFAULT_PATH, sysctls: list[str] | None = None, *,
          in_current_namespace: bool = False, allow_root_namespace: bool = False,
-         use_uvloop: bool = True, pcap: str | None = None) -> int:
+         use_uvloop: bool = True, pcap: str | None = None, offload: bool = False) -> int:
     """`ustack serve`: returns the exit status (1 with a one-line message if it cannot run).
     `pcap`: a file (or "-" for standard output) to record every packet of the TUN device in."""
     from ustack.netns import Netns, in_root_namespace
@@ -247,7 +249,7 @@ def main(app: str, port: int | None, ifname: str, address: str, kernel_address: 
                       f"{threading.get_native_id()}/ns/net", flush=True)
             control = cleanup.enter_context(control_socket(control_path))
             coro = run(app, port, ifname, address, kernel_address, sysctl, control,
-                       control_path, allow_root_namespace, writer)
+                       control_path, allow_root_namespace, writer, offload)
             if use_uvloop:
                 import uvloop
                 return uvloop.run(coro)
