@@ -121,9 +121,12 @@ class Sysctl(MutableMapping[str, Any]):
                 self[k] = v
 
     def __getitem__(self, name: str) -> Any:
-        key = normalize(name)
         try:
-            return self._values[key]
+            return self._values[name]       # the dotted name: the per-segment lookups
+        except KeyError:
+            pass
+        try:
+            return self._values[normalize(name)]
         except KeyError:
             raise KeyError(f"unknown setting {name!r}: ustack has no such sysctl") from None
 
