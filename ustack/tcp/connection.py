@@ -102,7 +102,8 @@ class Connection(ReceiveSide, SendSide):
         "write_mark",
         # receive sequence space
         "irs", "rcv_nxt", "rcv_wnd", "rcv_wup", "rcv_wscale", "rcv_mss", "advmss", "rcvbuf",
-        "rcv_ssthresh", "window_clamp", "rcv_buf", "ooo", "ooo_bytes", "rcv_fin", "rcv_shutdown",
+        "rcv_ssthresh", "window_clamp", "rcv_buf", "rcv_bytes", "ooo", "ooo_bytes", "rcv_fin",
+        "rcv_shutdown",
         # receive memory as Linux counts it: skb truesize against sk_rcvbuf, and the ratio of
         # payload to truesize that turns free memory into window (tcp_win_from_space)
         "rmem_alloc", "rcv_truesize", "scaling_ratio",
@@ -168,7 +169,10 @@ class Connection(ReceiveSide, SendSide):
         self.window_clamp = 65535 << MAX_WSCALE
         self.rcv_ssthresh = 0
         self.rcv_wscale = 0
-        self.rcv_buf = bytearray()
+        # the receive queue: the segments' payloads as they came (handed up without a copy
+        # when one is read whole), and how many bytes they hold
+        self.rcv_buf: deque[bytes] = deque()
+        self.rcv_bytes = 0
         self.ooo: list[tuple[int, bytes]] = []
         self.ooo_bytes = 0
         self.rcv_fin = False
@@ -1557,7 +1561,8 @@ class Connection(ReceiveSide, SendSide):
                 truesize = -(-len(payload) // gso) * skb_truesize(gso)
             else:
                 truesize = skb_truesize(len(payload))
-            self.rcv_buf += payload
+            self.rcv_buf.append(payload)
+            self.rcv_bytes += len(payload)
             self.rmem_alloc += truesize
             self.rcv_truesize.append([len(payload), truesize])
             self.rcv_nxt = (self.rcv_nxt + len(payload)) & M32
@@ -1604,7 +1609,8 @@ class Connection(ReceiveSide, SendSide):
             end = (seq + len(data)) & M32
             if _after(end, self.rcv_nxt):
                 chunk = data[off:]
-                self.rcv_buf += chunk
+                self.rcv_buf.append(chunk)
+                self.rcv_bytes += len(chunk)
                 self.rcv_truesize.append([len(chunk), truesize])  # the memory moves along
                 self.rcv_nxt = end
                 self._notify |= 2
@@ -1680,12 +1686,21 @@ class Connection(ReceiveSide, SendSide):
     def recv(self, n: int = -1) -> bytes:
         """Take up to n bytes from the receive queue and reopen the window if it was small."""
         buf = self.rcv_buf
-        if n < 0 or n >= len(buf):
-            data = bytes(buf)
+        if n < 0 or n >= self.rcv_bytes:
+            data = buf[0] if len(buf) == 1 else b"".join(buf)
             buf.clear()
+            self.rcv_bytes = 0
         else:
-            data = bytes(buf[:n])
-            del buf[:n]
+            data = self.peek(n)
+            self.rcv_bytes -= n
+            while n:
+                head = buf[0]
+                if len(head) <= n:
+                    n -= len(head)
+                    buf.popleft()
+                else:
+                    buf[0] = head[n:]
+                    n = 0
         # a segment's memory is freed once all of it has been read (skb consumed)
         left = len(data)
         sizes = self.rcv_truesize
@@ -1702,9 +1717,19 @@ class Connection(ReceiveSide, SendSide):
             self._cleanup_rbuf(len(data))
         return data
 
+    def peek(self, n: int) -> bytes:
+        """Up to n bytes from the head of the receive queue, left in it (MSG_PEEK)."""
+        out = []
+        for chunk in self.rcv_buf:
+            if n <= 0:
+                break
+            out.append(chunk[:n] if len(chunk) > n else chunk)
+            n -= len(chunk)
+        return out[0] if len(out) == 1 else b"".join(out)
+
     @property
     def rcv_queued(self) -> int:
-        return len(self.rcv_buf)
+        return self.rcv_bytes
 
     @property
     def snd_queued(self) -> int:
@@ -1754,7 +1779,7 @@ class Connection(ReceiveSide, SendSide):
         if state == S.SYN_SENT:
             self._destroy(None, notify=False)
             return
-        unread = len(self.rcv_buf) + (0 if not self.ooo else 0)
+        unread = self.rcv_bytes
         if unread:
             # RFC 2525 §2.17: unread data means the peer's data was lost: reset.
             mib["TcpExtTCPAbortOnClose"] += 1

@@ -238,7 +238,7 @@ class ReceiveSide:
         if self.ack_pending:
             if ((self.rcv_nxt - self.rcv_wup) & M32) > self.rcv_mss or (
                     (self.ack_pushed == 2 or (self.ack_pushed and not self.pingpong))
-                    and not self.rcv_buf):
+                    and not self.rcv_bytes):
                 time_to_ack = True
         if not time_to_ack and not self.rcv_fin and not self.rcv_shutdown:
             cur = self._rcv_window_now()

@@ -402,12 +402,11 @@ class Socket:
             conn = self.conn
             if self.listener is not None or conn is None:
                 raise _err(E.ENOTCONN)
-            buf = conn.rcv_buf
-            if buf:
+            if conn.rcv_queued:
                 if n == 0:
                     return b""
                 if flags & MSG_PEEK:
-                    return bytes(buf[:n])
+                    return conn.peek(n)
                 return conn.recv(n)
             if n == 0:
                 return b""
