@@ -47,6 +47,17 @@ class SendSide:
         state = self.state
         if state not in (S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_1, S.CLOSING, S.LAST_ACK):
             return
+        seq = self.snd_nxt
+        if len(self.sndq) <= ((seq - self.snd_una) & M32) and not (
+                self.fin_queued and seq == self.fin_seq):
+            # nothing new to send (a receiver's usual case): what the loop below would do
+            # with an empty queue, without sizing bursts for it
+            eors = self.eor_seqs
+            while eors and not _after(eors[0], seq) and not _after(eors[0], self.snd_una):
+                eors.popleft()
+            if self.rec.in_flight() >= self.cwnd:
+                self._cwnd_validate(True)
+            return
         mss = self._effective_mss()
         sndq = self.sndq
         rec = self.rec
