@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ustack._segment import ACK, FIN, RST, SYN, build_ipv4, build_tcp, internet_checksum, \
     parse_ipv4, parse_tcp
@@ -340,23 +340,11 @@ class Host:
         From a link with offloads: `csum_partial` says the TCP checksum is the kernel's
         partial one (not verified), `gso_size` that the datagram is a super-segment of
         segments of that size, taken whole as Linux takes a GRO packet."""
-        if now is not None and now > self.now:
-            self._advance(now)
-        if csum_partial or gso_size:
-            self.rx_csum_partial = csum_partial
-            self.rx_gso = gso_size
-            try:
-                self._receive(data)
-            finally:
-                self.rx_csum_partial = False
-                self.rx_gso = 0
-        else:
-            self._receive(data)
-        if self.events:
-            self.drain_events()
+        self.receive_many((data,), now,
+                          ((csum_partial, gso_size),) if csum_partial or gso_size else None)
 
-    def receive_many(self, packets: list[bytes], now: int | None = None,
-                     meta: list[Any] | None = None) -> None:
+    def receive_many(self, packets: Sequence[bytes], now: int | None = None,
+                     meta: Sequence[Any] | None = None) -> None:
         """A batch from the link: timers due before `now` first, then each datagram, then the
         notifications once (data is delivered once per batch).  `meta`: per datagram, None or
         (csum_partial, gso_size) from an offloading link."""

@@ -317,16 +317,11 @@ class TcpTransport(asyncio.transports._FlowControlMixin, ConnectionUser):
         self._connection_lost(None)
 
     def abort(self) -> None:
-        if self._lost:
-            return
-        self._closing = True
-        self._sock.abort(now=self._stack._now())
-        self._stack._kick()
-        self._stack._loop.call_soon(self._connection_lost, None)
+        self._force_close(None)
 
     def _force_close(self, exc: BaseException | None) -> None:
-        """Reset and report `exc` to the protocol (asyncio's SSL protocol calls this on a
-        fatal TLS error, as on asyncio's own transports)."""
+        """Reset and report `exc` to the protocol (abort(); asyncio's SSL protocol calls this
+        on a fatal TLS error, as on asyncio's own transports)."""
         if self._lost:
             return
         self._closing = True

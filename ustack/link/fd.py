@@ -16,6 +16,8 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 
+from ustack.wire import GsoPacket
+
 __all__ = ["FdLink"]
 
 log = logging.getLogger("ustack.link")
@@ -42,9 +44,9 @@ def _vnet_write(fd: int, packet: bytes) -> int:
     """Write one packet behind its virtio-net header: empty for a whole, checksummed packet;
     for a TCP super-segment (ustack.wire.GsoPacket) the kernel is told to cut it into
     gso_size segments and finish their checksums (TSO, NEEDS_CSUM)."""
-    gso = getattr(packet, "gso_size", 0)
-    if not gso:
+    if type(packet) is not GsoPacket:
         return os.writev(fd, (_VNET_PLAIN, packet)) - VNET_HDR_LEN
+    gso = packet.gso_size
     ihl = (packet[0] & 0x0F) * 4
     hdr = _VNET.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
                      ihl + (packet[ihl + 12] >> 4) * 4, gso, ihl, 16)
