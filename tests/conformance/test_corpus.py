@@ -96,3 +96,11 @@ def test_corpus_is_not_empty_and_tags_are_sane() -> None:
     for p in CORPUS:
         tags = read_tags(str(p))
         assert not (tags.ustack_only and tags.ustack_known_diff), p.name
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=IDS)
+def test_ustack_with_tso(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same scripts with TSO on (USTACK_DRILL_TSO=1): bursts leave as super-segments and
+    are cut as the kernel cuts them; the script must see exactly the segments it sees without."""
+    monkeypatch.setenv("USTACK_DRILL_TSO", "1")
+    test_ustack(path)

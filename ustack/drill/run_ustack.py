@@ -53,7 +53,7 @@ from typing import Any, Callable
 
 from ustack._segment import internet_checksum
 from ustack.counters import Counters
-from ustack.wire import describe, ip_to_int, parse
+from ustack.wire import GsoPacket, describe, gso_segment, ip_to_int, parse
 
 from . import ast as A
 from .parser import DrillSyntaxError, parse_file, parse_shell
@@ -316,6 +316,9 @@ class UstackTarget(Target):
         self.host = self._Host(LOCAL_IP, mtu=mtu, secret=b"ustack drill", seed=self.seed,
                                now=self.BASE_MS)
         self.sockets = UstackSockets(self.host, ip_to_int(REMOTE_IP), self.now)
+        # bursts as TSO super-segments, cut again on the way out (the offload path checked
+        # against the same scripts)
+        self.host.tso = os.environ.get("USTACK_DRILL_TSO", "") == "1"
 
     def socket_layer(self) -> Any:
         return self.sockets
@@ -326,7 +329,13 @@ class UstackTarget(Target):
     def _collect(self) -> None:
         out = self.host.take_output()
         for p in out:
-            self.outq.append((self._now_us, p))
+            if type(p) is GsoPacket:
+                # USTACK_DRILL_TSO=1: the device's cut, as the kernel makes it from ustack's
+                # super-segments; the script must see the same segments as without TSO
+                for piece in gso_segment(p):
+                    self.outq.append((self._now_us, piece))
+            else:
+                self.outq.append((self._now_us, p))
 
     def _advance_to(self, t_us: int) -> None:
         if t_us > self._now_us:

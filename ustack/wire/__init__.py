@@ -31,7 +31,7 @@ __all__ = [
     "ACK", "CWR", "ECE", "FIN", "PSH", "RST", "SYN", "URG",
     "Ipv4", "Segment", "build_ipv4", "build_tcp", "internet_checksum", "parse", "parse_ipv4",
     "parse_tcp", "ip_to_int", "int_to_ip", "describe", "describe_options", "flags_str",
-    "GsoPacket", "gso_packet",
+    "GsoPacket", "gso_packet", "gso_segment",
 ]
 
 
@@ -146,3 +146,30 @@ def describe(seg: Segment, *, addresses: bool = False) -> str:
     if addresses:
         text = (f"{int_to_ip(seg.src)}:{seg.sport} > {int_to_ip(seg.dst)}:{seg.dport} " + text)
     return text
+
+
+def gso_segment(packet: GsoPacket) -> list[bytes]:
+    """Cut a super-segment into the segments a TSO device puts on the wire (software GSO, as
+    Linux's tcp_gso_segment): gso_size payload bytes each, seq advancing, the same options,
+    FIN and PSH on the last one only, CWR on the first only, full checksums."""
+    ip = parse_ipv4(bytes(packet), {})
+    seg = parse_tcp(ip, {}, False) if ip is not None else None
+    if seg is None:
+        raise ValueError("not an IPv4 TCP super-segment")
+    size = packet.gso_size
+    payload = seg.payload
+    out = []
+    n = max(1, -(-len(payload) // size))
+    for k in range(n):
+        flags = seg.flags
+        if k != n - 1:
+            flags &= ~(FIN | PSH)
+        if k:
+            flags &= ~CWR
+        out.append(build_tcp(seg.src, seg.dst, seg.sport, seg.dport,
+                             (seg.seq + k * size) & 0xFFFFFFFF, seg.ack, flags, seg.window,
+                             payload[k * size:(k + 1) * size],
+                             ts_val=seg.ts_val if seg.has_ts else None, ts_ecr=seg.ts_ecr,
+                             sack_blocks=seg.sack_blocks or None, ttl=ip.ttl,
+                             ident=(ip.ident + k) & 0xFFFF, df=ip.df, tos=ip.tos))
+    return out
