@@ -261,7 +261,7 @@ cdef class Segment:
 
     cdef readonly uint32_t src, dst, seq, ack, ts_val, ts_ecr
     cdef readonly int sport, dport, flags, window, urg_ptr, mss, wscale, ttl, tos, data_offset
-    cdef readonly bint sack_ok, has_ts
+    cdef readonly bint sack_ok, has_ts, aligned_ts
     cdef readonly tuple sack_blocks
     cdef readonly bytes payload
     cdef bytes _header        # the packet the header was read from; None if built here
@@ -352,6 +352,10 @@ cdef int _read_options(Segment seg, const uint8_t* p, Py_ssize_t length) except 
     seg.has_ts = False
     seg.ts_val = 0
     seg.ts_ecr = 0
+    # tcp_parse_aligned_timestamp: the option area opens with NOP NOP TS(10), the layout header
+    # prediction expects (tcp_rcv_established's fast path takes no other)
+    seg.aligned_ts = length >= 12 and p[0] == _TCPOPT_NOP and p[1] == _TCPOPT_NOP and \
+        p[2] == _TCPOPT_TIMESTAMP and p[3] == 10
     while i < length:
         kind = p[i]
         if kind == _TCPOPT_EOL:

@@ -43,8 +43,8 @@ U32 = st.integers(0, 2**32 - 1)
 U16 = st.integers(0, 0xFFFF)
 U8 = st.integers(0, 0xFF)
 SEGMENT_FIELDS = ("src", "dst", "sport", "dport", "seq", "ack", "flags", "window", "urg_ptr",
-                  "mss", "wscale", "sack_ok", "has_ts", "ts_val", "ts_ecr", "sack_blocks",
-                  "payload", "ttl", "tos", "data_offset")
+                  "mss", "wscale", "sack_ok", "has_ts", "aligned_ts", "ts_val", "ts_ecr",
+                  "sack_blocks", "payload", "ttl", "tos", "data_offset")
 IPV4_FIELDS = ("src", "dst", "proto", "ttl", "ident", "tos", "df", "mf", "frag_offset", "ihl",
                "total_length", "payload")
 

@@ -98,6 +98,9 @@ class Segment:
     @property
     def has_ts(self) -> bool: ...
     @property
+    def aligned_ts(self) -> bool:
+        """The options open with NOP, NOP, timestamp (the layout header prediction takes)."""
+    @property
     def ts_val(self) -> int:
         """0 when absent."""
     @property

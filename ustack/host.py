@@ -23,6 +23,7 @@ from ustack._segment import ACK, FIN, RST, SYN, build_ipv4, build_tcp, internet_
 from ustack._timerwheel import TimerWheel
 from ustack.counters import Counters
 from ustack.sysctl import Sysctl
+from ustack.tcp import fastpath
 from ustack.tcp import states as S
 from ustack.tcp.cong import CA_NAMES, TCP_INFINITE_SSTHRESH
 from ustack.tcp.connection import NEVER, NULL_USER, Connection, ConnectionUser
@@ -230,6 +231,9 @@ class Host:
         self.rx_gso = 0
         # the link takes TCP super-segments (TSO): a burst leaves as one packet
         self.tso = False
+        # header prediction (tcp/fastpath.py): the compiled translation, or the Python spec
+        # (USTACK_FASTPATH=python); both leave the same state behind
+        self.fastpath = fastpath.select()
         self.wheel = TimerWheel(now)
         self.secret = SecretHash(secret)
         self.rng = random.Random(seed)

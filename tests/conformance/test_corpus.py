@@ -104,3 +104,11 @@ def test_ustack_with_tso(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     are cut as the kernel cuts them; the script must see exactly the segments it sees without."""
     monkeypatch.setenv("USTACK_DRILL_TSO", "1")
     test_ustack(path)
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=IDS)
+def test_ustack_with_python_fast_path(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same scripts with header prediction in Python (USTACK_FASTPATH=python, the spec in
+    ustack/tcp/fastpath.py) instead of its C translation (ext/_fastpath.pyx, the default)."""
+    monkeypatch.setenv("USTACK_FASTPATH", "python")
+    test_ustack(path)

@@ -104,6 +104,8 @@ class Connection(ReceiveSide, SendSide):
         "irs", "rcv_nxt", "rcv_wnd", "rcv_wup", "rcv_wscale", "rcv_mss", "advmss", "rcvbuf",
         "rcv_ssthresh", "window_clamp", "rcv_buf", "rcv_bytes", "ooo", "ooo_bytes", "rcv_fin",
         "rcv_shutdown",
+        # header prediction is on (Linux pred_flags != 0; ustack/tcp/fastpath.py)
+        "pred",
         # receive memory as Linux counts it: skb truesize against sk_rcvbuf, and the ratio of
         # payload to truesize that turns free memory into window (tcp_win_from_space)
         "rmem_alloc", "rcv_truesize", "scaling_ratio",
@@ -177,6 +179,7 @@ class Connection(ReceiveSide, SendSide):
         self.ooo_bytes = 0
         self.rcv_fin = False
         self.rcv_shutdown = False
+        self.pred = False
         self.ts_ok = False
         self.ts_off = 0
         self.ts_recent = 0
@@ -379,6 +382,8 @@ class Connection(ReceiveSide, SendSide):
                 self.rcv_wnd = win
                 self.rcv_wup = self.rcv_nxt
                 window = win >> self.rcv_wscale
+                if not window:
+                    self.pred = False         # tcp_select_window: a zero window offered
             else:
                 window = min(self.rcv_wnd, 65535)
             # Linux tcp_event_ack_sent -> tcp_dec_quickack_mode, clear the delayed-ACK state
@@ -910,7 +915,9 @@ class Connection(ReceiveSide, SendSide):
         if self.log is not None:
             self.note("in", seg.flags, seg.seq, seg.ack, seg.window, len(seg.payload))
         state = self.state
-        if state == S.SYN_SENT:
+        if state == S.ESTABLISHED and self.pred and self.host.fastpath(self, seg):
+            pass                              # header prediction took it (tcp/fastpath.py)
+        elif state == S.SYN_SENT:
             self._rcv_synsent(seg)
         else:
             self._rcv_synchronized(seg)
@@ -962,6 +969,9 @@ class Connection(ReceiveSide, SendSide):
             self._init_transfer()
             self._notify |= 1
             self._start_keepalive()
+            # tcp_finish_connect: header prediction starts at once only without window
+            # scaling (with it, when the peer's window first changes or data comes in order)
+            self.pred = self.snd_wscale == 0
             # (text or FIN on a SYN-ACK is not taken without Fast Open: only irs+1 is ACKed)
             self.send_ack()
             self._output()
@@ -1219,6 +1229,7 @@ class Connection(ReceiveSide, SendSide):
             self.last_snd_data_time = self.host.now   # lsndtime (tcp_finish_connect)
         self._init_buffer_space()
         self._init_transfer()
+        self.pred = True                      # tcp_fast_path_on
         host.mib["TcpPassiveOpens"] += 1
         self._notify |= 1
         if self.listener is not None:
@@ -1281,8 +1292,11 @@ class Connection(ReceiveSide, SendSide):
             self.ts_recent = seg.ts_val
             self.ts_recent_stamp = self.host.now
 
-    def _process_ack(self, seg: Any) -> bool:
-        """Linux tcp_ack(): returns False when the segment must be dropped.
+    def _process_ack(self, seg: Any, fast: bool = False) -> bool:
+        """Linux tcp_ack(): returns False when the segment must be dropped.  `fast`: called
+        from header prediction (tcp/fastpath.py), which took the timestamps already and
+        whose segment neither changes the window nor carries SACK blocks (tcp_ack without
+        FLAG_SLOWPATH: an ACK that advances skips the window and SACK work).
 
         The order is Linux's: the old-ACK and unsent-data checks, ts_recent, the window,
         SACK tagging, the cumulative ACK (RTT, RACK), the tail loss probe's outcome, the
@@ -1294,8 +1308,9 @@ class Connection(ReceiveSide, SendSide):
         rec = self.rec
         prior_snd_una = self.snd_una
         sack = seg.sack_blocks if self.sack_ok else ()
-        self.rcv_tsecr_ms = (seg.ts_ecr - self.ts_off) & M32 \
-            if self.ts_ok and seg.has_ts and seg.ts_ecr else None
+        if not fast:
+            self.rcv_tsecr_ms = (seg.ts_ecr - self.ts_off) & M32 \
+                if self.ts_ok and seg.has_ts and seg.ts_ecr else None
         if _before(ack, prior_snd_una):
             if _before(ack, (prior_snd_una - self.max_window) & M32):
                 self._challenge_ack()  # too old to be a duplicate (tcp_ack, RFC 5961 §5.2)
@@ -1314,7 +1329,7 @@ class Connection(ReceiveSide, SendSide):
             return False
         # tcp_ack: ts_recent is taken only from a segment whose ACK passed both checks above
         # (tcp_replace_ts_recent under FLAG_UPDATE_TS_RECENT)
-        if self.ts_ok and seg.has_ts:
+        if self.ts_ok and seg.has_ts and not fast:
             self._update_ts_recent(seg)
         self.probes = 0   # tcp_ack: any acceptable ACK, even one with window 0
         self.rcv_tstamp = host.now
@@ -1328,22 +1343,31 @@ class Connection(ReceiveSide, SendSide):
         lost_before = rec.lost
         if seg.payload or seg.flags & FIN:
             flag |= FLAG_DATA
-        else:
-            host.mib["TcpExtTCPPureAcks"] += 1
-        # window update (tcp_ack_update_window: the SND.WL1/SND.WL2 rule)
-        window = seg.window << self.snd_wscale
-        if self._may_update_window(ack, seg.seq, window):
-            flag |= FLAG_WIN_UPDATE
+        if fast and flag & FLAG_SND_UNA_ADVANCED:
+            # tcp_ack's fast branch: the window is as predicted, only SND.WL1 moves
             self.snd_wl1 = seg.seq
-            if window != self.snd_wnd:
-                if self.snd_wnd == 0 and window > 0 and self.misc_kind == T_PROBE0:
-                    self.t_misc = NEVER
-                    self.misc_kind = T_NONE
-                    self.probes = 0
-                    self.backoff = 0
-                self.snd_wnd = window
-                if window > self.max_window:
-                    self.max_window = window
+            flag |= FLAG_WIN_UPDATE
+            host.mib["TcpExtTCPHPAcks"] += 1
+        else:
+            if not flag & FLAG_DATA:
+                host.mib["TcpExtTCPPureAcks"] += 1
+            # window update (tcp_ack_update_window: the SND.WL1/SND.WL2 rule)
+            window = seg.window << self.snd_wscale
+            if self._may_update_window(ack, seg.seq, window):
+                flag |= FLAG_WIN_UPDATE
+                self.snd_wl1 = seg.seq
+                if window != self.snd_wnd:
+                    if self.snd_wnd == 0 and window > 0 and self.misc_kind == T_PROBE0:
+                        self.t_misc = NEVER
+                        self.misc_kind = T_NONE
+                        self.probes = 0
+                        self.backoff = 0
+                    self.snd_wnd = window
+                    if window > self.max_window:
+                        self.max_window = window
+                    # the prediction holds the old window: off, and on again if it may
+                    self.pred = False
+                    self._fast_path_check()
         self.snd_wl2 = ack
         sstate: dict[str, Any] = {}
         if sack:
@@ -1380,7 +1404,9 @@ class Connection(ReceiveSide, SendSide):
         return self._after_ack(state, seg, flag)
 
     def _after_ack(self, state: int, seg: Any, flag: int) -> bool:
-        """What an ACK means for our FIN, and new data the window now allows."""
+        """What an ACK means for our FIN, and for a writer waiting for room.  New data the
+        window now allows is sent by the caller after the segment's own text is queued
+        (tcp_data_snd_check after tcp_data_queue), so that it acknowledges that text too."""
         host = self.host
         if self.fin_queued and self.snd_una == (self.fin_seq + 1) & M32:
             if state == S.FIN_WAIT_1:
@@ -1393,7 +1419,6 @@ class Connection(ReceiveSide, SendSide):
             elif state == S.LAST_ACK:
                 self._destroy(None)
                 return False
-        self._output()
         if flag & FLAG_SND_UNA_ADVANCED and len(self.sndq) <= self.write_mark:
             self._notify |= 4
         return True
@@ -1545,6 +1570,12 @@ class Connection(ReceiveSide, SendSide):
             return
         self._queue_ooo(seq, payload, fin)
 
+    def _fast_path_check(self) -> None:
+        """Linux tcp_fast_path_check: header prediction on again when no out-of-order data is
+        queued, a window is offered and receive memory is left (never turns it off)."""
+        if not self.ooo and self.rcv_wnd and self.rmem_alloc < self.rcvbuf:
+            self.pred = True
+
     def _out_of_window(self) -> None:
         self._enter_quickack_mode()
         self.ack_pending = True
@@ -1561,19 +1592,25 @@ class Connection(ReceiveSide, SendSide):
                 truesize = -(-len(payload) // gso) * skb_truesize(gso)
             else:
                 truesize = skb_truesize(len(payload))
-            self.rcv_buf.append(payload)
-            self.rcv_bytes += len(payload)
-            self.rmem_alloc += truesize
-            self.rcv_truesize.append([len(payload), truesize])
-            self.rcv_nxt = (self.rcv_nxt + len(payload)) & M32
-            self._event_data_recv(seg, len(payload), truesize)
-            self._notify |= 2
+            self._queue_rcv(payload, truesize, seg)
         if fin:
             self._fin()
         if self.ooo:
             self._drain_ooo()
             if not self.ooo:
                 self.ack_now = True  # RFC 5681 §4.2: ACK at once when a hole is filled
+        self._fast_path_check()
+
+    def _queue_rcv(self, payload: bytes, truesize: int, seg: Any) -> None:
+        """Linux tcp_queue_rcv + tcp_event_data_recv: in-order text onto the receive queue."""
+        n = len(payload)
+        self.rcv_buf.append(payload)
+        self.rcv_bytes += n
+        self.rmem_alloc += truesize
+        self.rcv_truesize.append([n, truesize])
+        self.rcv_nxt = (self.rcv_nxt + n) & M32
+        self._event_data_recv(seg, n, truesize)
+        self._notify |= 2
 
     def _queue_ooo(self, seq: int, payload: bytes, fin: int) -> None:
         """Linux tcp_data_queue_ofo (without coalescing tricks): keep it, SACK it, ACK now."""
@@ -1582,6 +1619,7 @@ class Connection(ReceiveSide, SendSide):
             mib["TcpExtTCPOFODrop"] += 1  # tcp_try_rmem_schedule failed
             return
         mib["TcpExtTCPOFOQueue"] += 1
+        self.pred = False                     # tcp_data_queue_ofo: no header prediction
         ooo = self.ooo
         base = self.rcv_nxt
         rel = (seq - base) & M32

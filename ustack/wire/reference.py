@@ -336,7 +336,8 @@ def parse_options(area: bytes) -> dict[str, Any]:
     overrides an earlier one, as in Linux; an MSS of 0 is ignored; a window shift above 14
     is clamped to 14."""
     found: dict[str, Any] = dict(mss=-1, wscale=-1, sack_ok=False, has_ts=False, ts_val=0,
-                                 ts_ecr=0, sack_blocks=())
+                                 ts_ecr=0, sack_blocks=(),
+                                 aligned_ts=area[:4] == b"\x01\x01\x08\x0a" and len(area) >= 12)
     for opt in TCP_OPTIONS.parse(area):
         if opt.kind in (TCPOPT_EOL, TCPOPT_NOP) or opt.body.format is None:
             continue  # padding, or an unknown kind or wrong length: skipped by its length
