@@ -226,6 +226,67 @@ cdef void _ack_snd_check(object conn, object host) except *:
     _send_delayed_ack(conn, host)
 
 
+cdef void _step5(object conn, object host, object seg, int flags, int data_offset, i64 seq,
+                 i64 ack, i64 n, i64 truesize, bint ts_ok) except *:
+    """Predicted data whose memory is not reserved: Connection._rcv_synchronized(seg,
+    validated=True).  Translated here for a pure receiver (the ACK moves nothing, nothing of
+    ours in flight, no loss probe out, no FIN queued), where tcp_ack (Connection._process_ack)
+    comes down to the timestamps, the probe count, rcv_tstamp and SND.WL1/WL2; anything else
+    is left to the Python core."""
+    cdef i64 now, ecr, fwd, wl1, window, snd_wnd
+    if ack != <i64>conn.snd_una or conn.rec.packets_out or <i64>conn.tlp_high_seq >= 0 or \
+            conn.fin_queued:
+        conn._rcv_synchronized(seg, False, True)
+        return
+    now = host.now
+    # _process_ack
+    if ts_ok:
+        ecr = seg.ts_ecr
+        conn.rcv_tsecr_ms = ((ecr - <i64>conn.ts_off) & _M32) if ecr else None
+        # _update_ts_recent: seq == rcv_nxt covers rcv_wup only when they are equal;
+        # prediction saw TSval not older than ts_recent
+        if seq == <i64>conn.rcv_wup:
+            conn.ts_recent = seg.ts_val
+            conn.ts_recent_stamp = now
+    else:
+        conn.rcv_tsecr_ms = None
+    conn.probes = 0
+    conn.rcv_tstamp = now
+    # _may_update_window with ack == snd_una: a newer SND.WL1, or the same one and a larger
+    # or zero window (the window is as predicted: it does not change)
+    wl1 = conn.snd_wl1
+    window = <i64>seg.window << <i64>conn.snd_wscale
+    snd_wnd = conn.snd_wnd
+    if ((wl1 - seq) & _M32) > 0x7FFFFFFF or (seq == wl1 and (window > snd_wnd or not window)):
+        conn.snd_wl1 = seq
+    conn.snd_wl2 = ack
+    conn.snd_una = ack
+    # _data_queue -> _queue_in_order: reserve, queue (ooo is empty while predicting)
+    fwd = conn.fwd_alloc
+    if truesize > fwd:
+        fwd += ((truesize - fwd + 4095) // 4096) * 4096
+    conn.fwd_alloc = fwd
+    _queue_rcv(conn, host, seg, flags, data_offset, seq, n, truesize)
+    # _fast_path_check
+    if not conn.ooo and conn.rcv_wnd and <i64>conn.rmem_alloc < <i64>conn.rcvbuf:
+        conn.pred = True
+    conn._output()
+    _ack_snd_check(conn, host)
+
+
+cdef void _queue_rcv(object conn, object host, object seg, int flags, int data_offset,
+                     i64 rcv_nxt, i64 n, i64 truesize) except *:
+    """Connection._queue_rcv (tcp_queue_rcv + tcp_event_data_recv)."""
+    conn.rcv_buf.append(seg.payload)
+    conn.rcv_bytes = <i64>conn.rcv_bytes + n
+    conn.rmem_alloc = <i64>conn.rmem_alloc + truesize
+    conn.fwd_alloc = <i64>conn.fwd_alloc - truesize
+    conn.rcv_truesize.append([n, truesize])
+    conn.rcv_nxt = (rcv_nxt + n) & _M32
+    _event_data_recv(conn, host, flags, data_offset, n, truesize)
+    conn._notify = <int>conn._notify | 2
+
+
 def rcv_established(object conn, object seg):
     """ustack.tcp.fastpath.rcv_established, compiled: True when header prediction took the
     segment, False (nothing changed) when the slow path must."""
@@ -262,8 +323,9 @@ def rcv_established(object conn, object seg):
             truesize = ((n + gso - 1) // gso) * _skb_truesize(gso)
         else:
             truesize = _skb_truesize(n)
-        if <i64>conn.rmem_alloc + truesize > <i64>conn.rcvbuf:
-            return False
+        if truesize > <i64>conn.fwd_alloc:
+            _step5(conn, host, seg, flags, data_offset, seq, ack, n, truesize, ts_ok)
+            return True
     if ts_ok:
         ecr = seg.ts_ecr
         conn.rcv_tsecr_ms = ((ecr - <i64>conn.ts_off) & _M32) if ecr else None
@@ -276,14 +338,7 @@ def rcv_established(object conn, object seg):
         return True
     mib = host.mib
     mib["TcpExtTCPHPHits"] += 1
-    # tcp_queue_rcv (Connection._queue_rcv)
-    conn.rcv_buf.append(payload)
-    conn.rcv_bytes = <i64>conn.rcv_bytes + n
-    conn.rmem_alloc = <i64>conn.rmem_alloc + truesize
-    conn.rcv_truesize.append([n, truesize])
-    conn.rcv_nxt = (rcv_nxt + n) & _M32
-    _event_data_recv(conn, host, flags, data_offset, n, truesize)
-    conn._notify = <int>conn._notify | 2
+    _queue_rcv(conn, host, seg, flags, data_offset, rcv_nxt, n, truesize)
     if ack != <i64>conn.snd_una:
         conn._process_ack(seg, True)
         conn._output()

@@ -5,6 +5,8 @@ Header tags change what is expected:
 
 * ``// ustack-only: reason`` -- a ustack extension: not run on Linux.
 * ``// linux-slow: reason`` -- needs seconds of real time on Linux; runs anyway, in parallel.
+* ``// counters: NAME ...`` -- these counters (nstat's names) must end with the same values
+  on ustack as in the kernel's namespace.
 * ``// ustack-known-diff: what differs`` -- Linux is right and ustack does not do it yet:
   the test asserts Linux passes and ustack FAILS (on the wire, or with a call ustack's socket
   layer does not support yet), so it flips (and the tag must go) the day the core is fixed.
@@ -91,11 +93,30 @@ def test_linux(path: Path, linux_outcomes: dict[str, Outcome]) -> None:
     assert o.result.ok, _render(o.result)
 
 
+COUNTED = [p for p in LINUX_CORPUS if read_tags(str(p)).counter_names]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("path", COUNTED, ids=[p.stem for p in COUNTED])
+def test_counters_as_linux(path: Path, linux_outcomes: dict[str, Outcome]) -> None:
+    """``// counters: NAME ...``: when the script ends, those counters (nstat's names) hold
+    the same values on ustack as in the kernel's namespace."""
+    names = read_tags(str(path)).counter_names
+    linux = linux_outcomes[str(path)].result
+    ours = run_ustack(str(path), strict_end=True)
+    assert linux.ok and ours.ok, _render(linux if not linux.ok else ours)
+    want = {n: linux.counters.get(n, 0) for n in names}
+    got = {n: ours.counters.get(n, 0) for n in names}
+    assert got == want, f"{path.name}: ustack {got}, Linux {want}"
+
+
 def test_corpus_is_not_empty_and_tags_are_sane() -> None:
     assert len(CORPUS) >= 20
     for p in CORPUS:
         tags = read_tags(str(p))
         assert not (tags.ustack_only and tags.ustack_known_diff), p.name
+        assert not (tags.ustack_only and tags.counters), p.name
+    assert COUNTED, "no script compares counters with Linux"
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=IDS)

@@ -68,7 +68,11 @@ class Peer(ConnectionUser):
         self.conn = conn
 
     def tcp_data(self, conn) -> None:
-        self.got += conn.recv()
+        # reads in batches: memory freed by every read goes back to the system a page at a
+        # time (sk_mem_reclaim), so a reader that takes each segment at once would leave
+        # header prediction no reserved memory to take the next one with, as in Linux
+        if conn.rcv_queued >= min(16384, conn.rcvbuf // 8) or conn.rcv_fin:
+            self.got += conn.recv()
 
     def pump(self) -> None:
         conn = self.conn
@@ -161,7 +165,12 @@ def test_compiled_equals_spec(case: str, options: str) -> None:
         assert len(spec["steps"]) == len(comp["steps"])
         assert spec["mib"] == comp["mib"]
         taken += sum(m["TcpExtTCPHPHits"] + m["TcpExtTCPHPAcks"] for m in spec["mib"])
-    assert taken > 0, "header prediction never took a segment: the test tests nothing"
+    if case in ("clean", "loss5") and options != "small_buffers":
+        # (with heavy reordering most segments carry SACK blocks or fill holes, and with a
+        # 16 KB buffer the reader takes nearly every segment at once: few or none are
+        # predicted then, as in Linux)
+        hits = sum(m["TcpExtTCPHPHits"] for m in spec["mib"])
+        assert taken > 0 and hits > 0, "header prediction took no data: the test tests nothing"
 
 
 # Without reordering: Linux's fast path stores ts_recent before tcp_ack looks at the ACK, its

@@ -371,6 +371,21 @@ class LinuxTarget(Target):
     def socket_layer(self) -> Any:
         return self.sockets
 
+    def counters(self) -> dict[str, int]:
+        """The namespace's MIB, as nstat names it: /proc/net/snmp and /proc/net/netstat are
+        pairs of lines, "Prefix: names" then "Prefix: values" ("TcpExt" + "TCPHPHits")."""
+        out: dict[str, int] = {}
+        for name in ("snmp", "netstat"):
+            # this thread is in the run's namespace; /proc/self would be the process's
+            with open(f"/proc/thread-self/net/{name}") as f:
+                lines = f.read().splitlines()
+            for head, values in zip(lines[::2], lines[1::2]):
+                prefix, names = head.split(":", 1)
+                for k, v in zip(names.split(), values.split(":", 1)[1].split()):
+                    if int(v):
+                        out[prefix + k] = int(v)
+        return out
+
     # -- clock and link
     def now(self) -> int:
         return (time.monotonic_ns() - self._t0) // 1000

@@ -110,6 +110,9 @@ class RunResult:
     elapsed_s: float = 0.0          # real time
     script_s: float = 0.0           # script time at the end (virtual on ustack)
     trace: list[str] = field(default_factory=list)
+    # the stack's counters when the run ended, by nstat's names (TcpExtTCPHPHits...): the
+    # ustack host's, or the kernel's in the run's namespace (/proc/net/snmp and netstat)
+    counters: dict[str, int] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -128,9 +131,15 @@ class ScriptTags:
     ustack_only: str | None = None
     linux_slow: str | None = None
     ustack_known_diff: str | None = None
+    counters: str | None = None     # names whose end values must be equal on both targets
+
+    @property
+    def counter_names(self) -> list[str]:
+        return self.counters.split() if self.counters else []
 
 
-_TAG_RE = re.compile(r"^\s*//\s*(ustack-only|linux-slow|ustack-known-diff)\s*:\s*(.*)$")
+_TAG_RE = re.compile(
+    r"^\s*//\s*(ustack-only|linux-slow|ustack-known-diff|counters)\s*:\s*(.*)$")
 
 
 def read_tags(path: str) -> ScriptTags:
@@ -291,6 +300,10 @@ class Target:
     def state_lines(self) -> list[str]:
         return []
 
+    def counters(self) -> dict[str, int]:
+        """The stack's counters now, by nstat's names."""
+        return {}
+
 
 
 class UstackTarget(Target):
@@ -322,6 +335,9 @@ class UstackTarget(Target):
 
     def socket_layer(self) -> Any:
         return self.sockets
+
+    def counters(self) -> dict[str, int]:
+        return {k: v for k, v in self.host.mib.items() if v}
 
     def now(self) -> int:
         return self._now_us
@@ -523,6 +539,7 @@ class Runner:
         finally:
             try:
                 res.script_s = self.target.now() / 1e6 if started else 0.0
+                res.counters = self.target.counters() if started else {}
             except Exception:  # noqa: BLE001
                 pass
             try:

@@ -109,6 +109,9 @@ class Connection(ReceiveSide, SendSide):
         # receive memory as Linux counts it: skb truesize against sk_rcvbuf, and the ratio of
         # payload to truesize that turns free memory into window (tcp_win_from_space)
         "rmem_alloc", "rcv_truesize", "scaling_ratio",
+        # receive memory reserved ahead in whole pages (sk_forward_alloc): header prediction
+        # takes a segment only if its memory is already reserved
+        "fwd_alloc",
         # options
         "ts_ok", "ts_off", "ts_recent", "ts_recent_stamp", "sack_ok", "wscale_ok",
         # congestion control and RTT (RFC 5681, RFC 6298)
@@ -166,6 +169,7 @@ class Connection(ReceiveSide, SendSide):
         self.rcv_mss = 536
         self.rcvbuf = sysctl["net.ipv4.tcp_rmem"][1]   # sk_rcvbuf
         self.rmem_alloc = 0
+        self.fwd_alloc = 0
         self.rcv_truesize: deque[list[int]] = deque()    # [bytes left, truesize] per segment
         self.scaling_ratio = TCP_DEFAULT_SCALING_RATIO
         self.window_clamp = 65535 << MAX_WSCALE
@@ -1011,18 +1015,22 @@ class Connection(ReceiveSide, SendSide):
         return not _before(end, self.rcv_wup) and \
             not _after(seg.seq, (self.rcv_nxt + self._rcv_window_now()) & M32)
 
-    def _rcv_synchronized(self, seg: Any, skip_checks: bool = False) -> None:
-        """Linux tcp_rcv_state_process / tcp_rcv_established for every state after SYN-SENT."""
+    def _rcv_synchronized(self, seg: Any, skip_checks: bool = False,
+                          validated: bool = False) -> None:
+        """Linux tcp_rcv_state_process / tcp_rcv_established for every state after SYN-SENT.
+        `validated`: header prediction vouched for the segment (tcp_rcv_established's step5:
+        the ACK and the text are processed, tcp_validate_incoming is not run)."""
         host = self.host
         mib = host.mib
         flags = seg.flags
         state = self.state
 
         if not skip_checks:
-            if not flags & (ACK | RST | SYN):
-                return  # Linux drops segments with none of ACK, RST, SYN before any check
-            if not self._validate_incoming(seg):
-                return
+            if not validated:
+                if not flags & (ACK | RST | SYN):
+                    return  # Linux drops segments with none of ACK, RST, SYN before any check
+                if not self._validate_incoming(seg):
+                    return
             # Step 5: the ACK field
             if not flags & ACK:
                 return
@@ -1592,6 +1600,7 @@ class Connection(ReceiveSide, SendSide):
                 truesize = -(-len(payload) // gso) * skb_truesize(gso)
             else:
                 truesize = skb_truesize(len(payload))
+            self._rmem_schedule(truesize)
             self._queue_rcv(payload, truesize, seg)
         if fin:
             self._fin()
@@ -1607,10 +1616,24 @@ class Connection(ReceiveSide, SendSide):
         self.rcv_buf.append(payload)
         self.rcv_bytes += n
         self.rmem_alloc += truesize
+        self.fwd_alloc -= truesize            # skb_set_owner_r: charged to the reserve
         self.rcv_truesize.append([n, truesize])
         self.rcv_nxt = (self.rcv_nxt + n) & M32
         self._event_data_recv(seg, n, truesize)
         self._notify |= 2
+
+    def _rmem_schedule(self, size: int) -> None:
+        """Linux sk_rmem_schedule: reserve whole pages for what the reserve lacks."""
+        if size > self.fwd_alloc:
+            self.fwd_alloc += -(-(size - self.fwd_alloc) // 4096) * 4096
+
+    def _rmem_uncharge(self, size: int) -> None:
+        """Linux sk_mem_uncharge: a received buffer freed; whole free pages go back at once
+        (sk_mem_reclaim keeps less than a page)."""
+        self.rmem_alloc -= size
+        self.fwd_alloc += size
+        if self.fwd_alloc >= 4096:
+            self.fwd_alloc &= 4095
 
     def _queue_ooo(self, seq: int, payload: bytes, fin: int) -> None:
         """Linux tcp_data_queue_ofo (without coalescing tricks): keep it, SACK it, ACK now."""
@@ -1620,6 +1643,8 @@ class Connection(ReceiveSide, SendSide):
             return
         mib["TcpExtTCPOFOQueue"] += 1
         self.pred = False                     # tcp_data_queue_ofo: no header prediction
+        truesize = skb_truesize(len(payload))
+        self._rmem_schedule(truesize)
         ooo = self.ooo
         base = self.rcv_nxt
         rel = (seq - base) & M32
@@ -1630,7 +1655,8 @@ class Connection(ReceiveSide, SendSide):
                 and ooo[i - 1][2] >= fin):
             ooo.insert(i, (seq, payload, fin))
             self.ooo_bytes += len(payload)
-            self.rmem_alloc += skb_truesize(len(payload))
+            self.rmem_alloc += truesize
+            self.fwd_alloc -= truesize
         self.ack_pending = True
 
     def _drain_ooo(self) -> None:
@@ -1653,7 +1679,7 @@ class Connection(ReceiveSide, SendSide):
                 self.rcv_nxt = end
                 self._notify |= 2
             else:
-                self.rmem_alloc -= truesize
+                self._rmem_uncharge(truesize)
             if fin and self.rcv_nxt == end:
                 self._fin()
                 break
@@ -1666,7 +1692,7 @@ class Connection(ReceiveSide, SendSide):
         self._notify |= 2
         self.ack_pending = True
         for _seq, data, _fin in self.ooo:  # out-of-order text after a FIN is dropped
-            self.rmem_alloc -= skb_truesize(len(data))
+            self._rmem_uncharge(skb_truesize(len(data)))
         self.ooo.clear()
         self.ooo_bytes = 0
         self.dsack = None  # tcp_sack_reset: the ACK of a FIN carries no SACK blocks
@@ -1746,7 +1772,7 @@ class Connection(ReceiveSide, SendSide):
             entry = sizes[0]
             if entry[0] <= left:
                 left -= entry[0]
-                self.rmem_alloc -= entry[1]
+                self._rmem_uncharge(entry[1])
                 sizes.popleft()
             else:
                 entry[0] -= left

@@ -22,9 +22,14 @@ Then:
     if the ACK moved, and the ACK decision is made as on the slow path.
 Anything else returns False having touched nothing, and the caller takes the slow path.
 
-ustack takes the slow path for two cases Linux's fast path would take: data that does not
-fit in the window ustack offered (the slow path queues what fits), and data whose memory
-would exceed the receive buffer (Linux: sk_forward_alloc; it too goes to the slow path then).
+Predicted data whose memory is not reserved yet goes to "step5", as in Linux: tcp_ack's slow
+path and tcp_data_queue, without the checks of tcp_validate_incoming, and not counted as a
+hit.  Receive memory is reserved in whole pages (sk_forward_alloc, `Connection.fwd_alloc`)
+by sk_rmem_schedule and given back a page at a time as the application reads, so the first
+segments of a connection, and many segments of a reader that takes each one at once, go
+there (Linux counts the same TcpExtTCPHPHits; tests/conformance/data_header_prediction.pkt
+checks it against the kernel).  ustack takes the whole slow path for data that does not fit
+in the window it offered (the slow path queues what fits).
 """
 from __future__ import annotations
 
@@ -65,8 +70,11 @@ def rcv_established(conn: Any, seg: Any) -> bool:
             truesize = -(-n // gso) * skb_truesize(gso)   # a GRO'd super-segment
         else:
             truesize = skb_truesize(n)
-        if conn.rmem_alloc + truesize > conn.rcvbuf:
-            return False
+        if truesize > conn.fwd_alloc:
+            # its memory is not reserved yet: Linux's step5, tcp_ack's slow path and then
+            # tcp_data_queue, without tcp_validate_incoming (predicted: nothing to check)
+            conn._rcv_synchronized(seg, validated=True)
+            return True
     if ts_ok:
         # tcp_parse_aligned_timestamp, then tcp_store_ts_recent when the segment covers
         # rcv_wup (seq == rcv_nxt, so: rcv_nxt == rcv_wup)
