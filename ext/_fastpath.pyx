@@ -260,7 +260,6 @@ cdef void _step5(object conn, object host, object seg, int flags, int data_offse
     if ((wl1 - seq) & _M32) > 0x7FFFFFFF or (seq == wl1 and (window > snd_wnd or not window)):
         conn.snd_wl1 = seq
     conn.snd_wl2 = ack
-    conn.snd_una = ack
     # _data_queue -> _queue_in_order: reserve, queue (ooo is empty while predicting)
     fwd = conn.fwd_alloc
     if truesize > fwd:

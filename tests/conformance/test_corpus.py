@@ -133,3 +133,11 @@ def test_ustack_with_python_fast_path(path: Path, monkeypatch: pytest.MonkeyPatc
     ustack/tcp/fastpath.py) instead of its C translation (ext/_fastpath.pyx, the default)."""
     monkeypatch.setenv("USTACK_FASTPATH", "python")
     test_ustack(path)
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=IDS)
+def test_ustack_without_fast_path(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same scripts with header prediction off (USTACK_FASTPATH=off): every segment on the
+    slow path puts the same packets on the wire."""
+    monkeypatch.setenv("USTACK_FASTPATH", "off")
+    test_ustack(path)

@@ -34,10 +34,6 @@ def compiled():
     return _fastpath.rcv_established
 
 
-def never(conn, seg) -> bool:
-    return False
-
-
 def conn_state(conn: Connection | None) -> dict | None:
     if conn is None:
         return None
@@ -182,7 +178,7 @@ def test_compiled_equals_spec(case: str, options: str) -> None:
 def test_fast_path_changes_nothing_on_the_wire(case: str, options: str) -> None:
     sysctl, impair = OPTIONS[options], IMPAIRMENTS.get(case, {})
     fast = run(compiled(), 3, sysctl, impair, 200_000, 60_000)
-    slow = run(never, 3, sysctl, impair, 200_000, 60_000)
+    slow = run(fastpath.refuse, 3, sysctl, impair, 200_000, 60_000)
     assert fast["wire"] == slow["wire"]
     for f, s in zip(fast["mib"], slow["mib"]):
         assert {k: v for k, v in f.items() if k not in HP_COUNTERS} == \
@@ -193,5 +189,6 @@ def test_fast_path_changes_nothing_on_the_wire(case: str, options: str) -> None:
 def test_selection() -> None:
     assert fastpath.select("python") is fastpath.rcv_established
     assert fastpath.select("c") is compiled()
+    assert fastpath.select("off") is fastpath.refuse
     with pytest.raises(ValueError, match="USTACK_FASTPATH"):
         fastpath.select("fast")

@@ -39,7 +39,8 @@ from ustack.tcp.common import (GSO_MAX_SIZE, M32, MAX_WSCALE, NEVER, PAWS_ACK, P
                                TCP_RTO_MAX, TCP_RTO_MIN, TCP_TIMEOUT_INIT, TCP_TIMEOUT_MIN,
                                TS_OPT_LEN, _after, _before)
 from ustack.tcp.output import SendSide
-from ustack.tcp.rcvwnd import ReceiveSide, initial_window, initial_wscale, skb_truesize
+from ustack.tcp.rcvwnd import (ReceiveSide, initial_window, initial_wscale, rx_truesize,
+                               skb_truesize)
 
 __all__ = ["Connection", "ConnectionUser", "NULL_USER", "NEVER", "retransmits_timed_out",
            "skb_truesize", "GSO_MAX_SIZE", "M32", "MAX_WSCALE", "_after", "_before"]
@@ -1594,12 +1595,7 @@ class Connection(ReceiveSide, SendSide):
             payload = payload[:win]  # Linux queues what fits; the rest comes again
             fin = 0
         if payload:
-            gso = self.host.rx_gso
-            if gso and len(payload) > gso:
-                # a GRO'd super-segment: the memory of the segments it stands for
-                truesize = -(-len(payload) // gso) * skb_truesize(gso)
-            else:
-                truesize = skb_truesize(len(payload))
+            truesize = rx_truesize(len(payload), self.host.rx_gso)
             self._rmem_schedule(truesize)
             self._queue_rcv(payload, truesize, seg)
         if fin:

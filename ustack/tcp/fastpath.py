@@ -33,11 +33,12 @@ in the window it offered (the slow path queues what fits).
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ustack._segment import ACK, PSH
 from ustack.tcp.common import M32, TS_OPT_LEN
-from ustack.tcp.rcvwnd import skb_truesize
+from ustack.tcp.rcvwnd import rx_truesize
 
 _NOT_PSH = 0xFF & ~PSH
 
@@ -65,11 +66,7 @@ def rcv_established(conn: Any, seg: Any) -> bool:
         win = (conn.rcv_wup + conn.rcv_wnd - conn.rcv_nxt) & M32
         if win > 0x7FFFFFFF or n > win:
             return False
-        gso = host.rx_gso
-        if gso and n > gso:
-            truesize = -(-n // gso) * skb_truesize(gso)   # a GRO'd super-segment
-        else:
-            truesize = skb_truesize(n)
+        truesize = rx_truesize(n, host.rx_gso)
         if truesize > conn.fwd_alloc:
             # its memory is not reserved yet: Linux's step5, tcp_ack's slow path and then
             # tcp_data_queue, without tcp_validate_incoming (predicted: nothing to check)
@@ -102,17 +99,24 @@ def rcv_established(conn: Any, seg: Any) -> bool:
     return True
 
 
+def refuse(conn: Any, seg: Any) -> bool:
+    """No header prediction: every segment takes the slow path (USTACK_FASTPATH=off)."""
+    return False
+
+
 def select(name: str | None = None) -> Any:
     """The header-prediction function a new Host uses: "c" (ustack._fastpath, the default
-    when it is built) or "python" (this module's spec).  `name` None: the environment's
-    USTACK_FASTPATH, else the default."""
-    import os
+    when it is built), "python" (this module's spec) or "off" (none: the slow path for
+    everything; the wire is the same, the TCPHP* counters are not).  `name` None: the
+    environment's USTACK_FASTPATH, else the default."""
     if name is None:
         name = os.environ.get("USTACK_FASTPATH", "") or "c"
     if name == "python":
         return rcv_established
+    if name == "off":
+        return refuse
     if name != "c":
-        raise ValueError(f"USTACK_FASTPATH is 'c' or 'python', not {name!r}")
+        raise ValueError(f"USTACK_FASTPATH is 'c', 'python' or 'off', not {name!r}")
     try:
         from ustack._fastpath import rcv_established as compiled
     except ImportError:       # not built (a source tree without its extensions)

@@ -28,6 +28,15 @@ def skb_truesize(payload_len: int) -> int:
     return size + 256
 
 
+def rx_truesize(payload_len: int, gso_size: int) -> int:
+    """The memory of received text: one buffer, or for a super-segment handed over whole by
+    an offloading link (gso_size: its segments' size) the buffers of the segments it stands
+    for, as Linux counts a GRO'd packet."""
+    if gso_size and payload_len > gso_size:
+        return -(-payload_len // gso_size) * skb_truesize(gso_size)
+    return skb_truesize(payload_len)
+
+
 def win_from_space(space: int, scaling_ratio: int) -> int:
     """Linux tcp_win_from_space: memory to window by the payload/truesize ratio."""
     return (space * scaling_ratio) >> TCP_RMEM_TO_WIN_SCALE if space > 0 else 0
